@@ -1,0 +1,1 @@
+"""One module per CLI command. Each defines ``register(subparsers)`` which adds its parser and sets ``func``."""

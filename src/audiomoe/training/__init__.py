@@ -1,0 +1,1 @@
+"""audiomoe.training."""
