@@ -1,11 +1,13 @@
-# Set-up is part of every target: a fresh machine needs only `make demo` or `make test`.
+# Set-up is part of every target: a fresh machine needs only `make demo` or `make test`. Idempotent.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+EXTRAS ?= test
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.audiomoe-installed
+SYSDEPS_STAMP := $(VENV)/.sysdeps
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint format demo demo-quick bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,14 +16,24 @@ $(PY):
 # torch first and pinned: an unpinned torch resolves to a multi-GB CUDA build.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
+
+# espeak-ng (speech for the built-in corpus) and sox are Debian packages; installed once when missing.
+$(SYSDEPS_STAMP): | $(PY)
+	@command -v espeak-ng >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq espeak-ng sox >/dev/null; } \
+	  || { echo "could not install espeak-ng; run: sudo apt-get install espeak-ng sox" >&2; exit 1; }
+	touch $(SYSDEPS_STAMP)
 
 install: $(STAMP) $(SYSDEPS_STAMP)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: install
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
 
 test: lint
 	$(VENV)/bin/pytest
@@ -31,10 +43,3 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
-
-# espeak-ng (speech for the built-in corpus) and sox are Debian packages; installed once when missing.
-SYSDEPS_STAMP := $(VENV)/.sysdeps
-$(SYSDEPS_STAMP): | $(PY)
-	@command -v espeak-ng >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq espeak-ng sox >/dev/null; } \
-	  || { echo "could not install espeak-ng; run: sudo apt-get install espeak-ng sox" >&2; exit 1; }
-	touch $(SYSDEPS_STAMP)
