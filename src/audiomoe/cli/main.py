@@ -14,7 +14,12 @@ import sys
 from audiomoe import __version__
 from audiomoe.cli import commands
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

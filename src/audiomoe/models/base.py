@@ -28,7 +28,9 @@ class EncoderConfig:
     type: str = "whisper"
     path: str = ""
     config: dict[str, Any] | None = None
-    layer_weighted_sum: bool = False  # learnable softmax-weighted sum of all hidden layers instead of the last
+    layer_weighted_sum: bool = (
+        False  # learnable softmax-weighted sum of all hidden layers instead of the last
+    )
     trim_to_clip: bool = True  # encode at the clip's own length (Whisper: slice the positional table)
 
 

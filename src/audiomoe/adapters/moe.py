@@ -1,0 +1,410 @@
+"""The sparse MoE-Adapter (arXiv 2601.02967): router -> top-k routed experts (+ shared experts) -> mixture.
+
+Reading order: :class:`Router` (fp32 scores, choice of experts), :class:`GroupedExperts` (3-D expert weights,
+grouped matmuls over expert-sorted rows), :class:`MoELayer` (dropless sort-based dispatch, shared expert,
+balancing losses, load statistics) and :class:`MoEAdapter` (front -> MoE layer -> aggregation -> LLM width).
+
+Padded frames never reach the router: the adapter gathers valid tokens ``(N, H)`` before routing and scatters the
+result back, so losses, counts and bias updates see valid frames only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from audiomoe.adapters.base import Adapter, AdapterConfig, AdapterOutput, register_adapter
+from audiomoe.adapters.dense import _check_input_dim, _full_mask
+from audiomoe.adapters.front import DownsampleFront
+from audiomoe.adapters.kernels import KERNELS, get_kernel
+from audiomoe.adapters.layers import build_feedforward
+from audiomoe.config import ConfigError
+
+RouterKind = Literal["softmax", "sigmoid", "top_p"]
+
+
+@dataclass
+class MoEAdapterConfig(AdapterConfig):
+    """Configuration of the MoE-Adapter. Widths: the front gives H (``fuse_dim`` or stacked input), experts map
+    H -> ``expert_hidden_dim`` -> M, where M = ``output_dim`` unless an aggregation block maps M -> output_dim."""
+
+    type: str = "moe"
+    num_experts: int = 8
+    top_k: int = 2
+    expert_type: Literal["swiglu", "ffn"] = "swiglu"
+    expert_hidden_dim: int = 1024
+    num_shared_experts: int = 1  # fused into one feed-forward of width num_shared * shared_hidden_dim
+    shared_hidden_dim: int | None = None  # per shared expert; defaults to expert_hidden_dim
+    shared_expert_gate: bool = False  # sigmoid(Linear(H -> 1)) gate on the shared output (Qwen2-MoE)
+    router: RouterKind = "softmax"
+    norm_topk_prob: bool = True  # renormalise the chosen experts' weights to sum to 1
+    top_p: float = 0.7  # router="top_p": take experts until their cumulative probability passes p
+    num_null_experts: int = 0  # AdaMoE: zero-compute experts a token may choose instead of real ones
+    route_scale: float = 1.0
+    bias_update_rate: float = 1e-3  # router="sigmoid": aux-loss-free bias step per optimizer step
+    load_balance_coef: float = 0.01  # Switch / GShard loss
+    z_loss_coef: float = 0.0  # router z-loss
+    kernel: Literal["auto", "loop", "grouped_mm"] = "auto"
+    pre_norm: bool = False  # LayerNorm on the front's output before router and experts
+    fuse_dim: int | None = None  # the paper's fusion of stacked frames (LN -> Linear -> SiLU -> LN)
+    mixture_dim: int | None = None  # M when aggregation != "none"
+    aggregation: Literal["none", "linear", "mlp"] = "none"  # y = W_P·mixture or MLP(mixture), then LN
+    aggregation_hidden_dim: int | None = None
+    output_norm: bool = False  # LayerNorm on the final sum (the paper's LN)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_experts < 1:
+            raise ConfigError(f"num_experts must be >= 1, got {self.num_experts}")
+        if not 1 <= self.top_k <= self.num_experts + self.num_null_experts:
+            raise ConfigError(
+                f"top_k={self.top_k} must be between 1 and num_experts + num_null_experts "
+                f"({self.num_experts + self.num_null_experts})"
+            )
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        for name in ("expert_hidden_dim",):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_shared_experts < 0 or self.num_null_experts < 0:
+            raise ConfigError("num_shared_experts and num_null_experts must be >= 0")
+        if self.router == "sigmoid" and self.num_null_experts:
+            raise ConfigError("null experts need a softmax or top_p router (sigmoid scores do not compete)")
+        if self.kernel not in KERNELS:
+            raise ConfigError(f"kernel must be one of {sorted(KERNELS)}")
+        for name in ("load_balance_coef", "z_loss_coef", "bias_update_rate"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class RoutingResult:
+    """indices ``(N, K)`` (-1 = unused slot; >= E = null expert), weights ``(N, K)``, logits ``(N, E + E0)``,
+    probs ``(N, E + E0)`` the router's normalised scores used by the balance loss."""
+
+    indices: torch.Tensor
+    weights: torch.Tensor
+    logits: torch.Tensor
+    probs: torch.Tensor
+
+
+class Router(nn.Module):
+    """Linear(H -> E + E0) in fp32, then one of three choice rules (softmax top-k, sigmoid + bias, top-p)."""
+
+    def __init__(self, config: MoEAdapterConfig, hidden_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.num_slots = config.num_experts + config.num_null_experts
+        self.weight = nn.Parameter(torch.empty(self.num_slots, hidden_dim))
+        if config.router == "sigmoid":
+            # DeepSeek-V3 aux-loss-free balancing: a bias that only affects which experts are chosen
+            self.register_buffer("e_score_correction_bias", torch.zeros(config.num_experts))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.weight.shape[1])
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> RoutingResult:
+        """x ``(N, H)`` valid tokens."""
+        c = self.config
+        # fp32 routing: bf16 logits make top-k choices and the balance loss noisy
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.weight.float())
+        if c.router == "sigmoid":
+            scores = torch.sigmoid(logits)
+            _, indices = torch.topk(scores + self.e_score_correction_bias, c.top_k, dim=-1)
+            weights = scores.gather(-1, indices)
+            probs = scores / scores.sum(-1, keepdim=True)
+        elif c.router == "softmax":
+            probs = torch.softmax(logits, dim=-1)
+            weights, indices = torch.topk(probs, c.top_k, dim=-1)
+        else:  # top_p: the smallest prefix of experts (by probability) whose mass reaches p, at most top_k
+            probs = torch.softmax(logits, dim=-1)
+            sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+            sorted_p, order = sorted_p[:, : c.top_k], order[:, : c.top_k]
+            mass_before = sorted_p.cumsum(-1) - sorted_p
+            keep = mass_before < c.top_p  # the first expert is always kept
+            weights = sorted_p * keep
+            indices = torch.where(keep, order, torch.full_like(order, -1))
+        if c.norm_topk_prob:
+            weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-20)
+        return RoutingResult(indices=indices, weights=weights * c.route_scale, logits=logits, probs=probs)
+
+
+class GroupedExperts(nn.Module):
+    """E experts as 3-D weights, applied to rows sorted by expert.
+
+    ``swiglu``: ``gate_up_proj[E, 2I, H]`` (gate rows first, then up), ``down_proj[E, M, I]`` — the transformers v5
+    layout. ``ffn`` (the paper's expert): per-expert LayerNorm affine ``norm_weight/norm_bias[E, H]``,
+    ``up_proj[E, I, H]`` + ``up_bias[E, I]``, SiLU, ``down_proj[E, M, I]`` + ``down_bias[E, M]``.
+    """
+
+    def __init__(self, kind: str, num_experts: int, input_dim: int, hidden_dim: int, output_dim: int) -> None:
+        super().__init__()
+        self.kind, self.num_experts = kind, num_experts
+        e, h, i, m = num_experts, input_dim, hidden_dim, output_dim
+        if kind == "swiglu":
+            self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h))
+            self.down_proj = nn.Parameter(torch.empty(e, m, i))
+        elif kind == "ffn":
+            self.norm_weight = nn.Parameter(torch.ones(e, h))
+            self.norm_bias = nn.Parameter(torch.zeros(e, h))
+            self.up_proj = nn.Parameter(torch.empty(e, i, h))
+            self.up_bias = nn.Parameter(torch.empty(e, i))
+            self.down_proj = nn.Parameter(torch.empty(e, m, i))
+            self.down_bias = nn.Parameter(torch.empty(e, m))
+        else:
+            raise ConfigError(f"expert_type must be 'swiglu' or 'ffn', got {kind!r}")
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's default init per expert, so dense and MoE arms start alike."""
+        for name, param in self.named_parameters():
+            if name.startswith("norm_"):
+                continue
+            fan_in = param.shape[-1] if param.dim() == 3 else self._fan_in_of_bias(name)
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(param, -bound, bound)
+
+    def _fan_in_of_bias(self, name: str) -> int:
+        return getattr(self, name.replace("_bias", "_proj")).shape[-1]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-token part of the ffn expert's LayerNorm (shared by all experts; the affine is per expert)."""
+        return F.layer_norm(x, x.shape[-1:]) if self.kind == "ffn" else x
+
+    def forward(
+        self, x: torch.Tensor, counts: torch.Tensor, expert_ids: torch.Tensor, kernel: str = "auto"
+    ) -> torch.Tensor:
+        """x ``(S, H)`` rows sorted by expert (already ``normalize``-d), counts ``(E,)``, expert_ids ``(S,)``
+        -> ``(S, M)``."""
+        grouped_linear = get_kernel(kernel)
+        if self.kind == "swiglu":
+            gate, up = grouped_linear(x, self.gate_up_proj, counts).chunk(2, dim=-1)
+            return grouped_linear(F.silu(gate) * up, self.down_proj, counts)
+        # fold the per-expert LayerNorm affine into the up projection: W·(γ⊙x̂ + β) + b = (W·diag γ)x̂ + (Wβ + b)
+        up_weight = self.up_proj * self.norm_weight.unsqueeze(1)
+        up_bias = torch.einsum("eih,eh->ei", self.up_proj, self.norm_bias) + self.up_bias
+        hidden = F.silu(grouped_linear(x, up_weight, counts) + up_bias[expert_ids])
+        return grouped_linear(hidden, self.down_proj, counts) + self.down_bias[expert_ids]
+
+
+@dataclass
+class MoELayerOutput:
+    """out ``(N, M)``; routing of the N valid tokens; counts ``(E,)``; unweighted losses (scalars)."""
+
+    out: torch.Tensor
+    routing: RoutingResult
+    tokens_per_expert: torch.Tensor
+    load_balance_loss: torch.Tensor
+    z_loss: torch.Tensor
+
+
+class MoELayer(nn.Module):
+    """Router + routed experts + shared expert over a flat batch of tokens ``(N, H) -> (N, M)``.
+
+    Parameter names follow transformers' ``Qwen2MoeSparseMoeBlock`` (``gate.weight``, ``experts.gate_up_proj``,
+    ``experts.down_proj``, ``shared_expert.*``, ``shared_expert_gate.weight``), see :meth:`from_hf`.
+    """
+
+    def __init__(self, config: MoEAdapterConfig, input_dim: int, output_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.gate = Router(config, input_dim)
+        self.experts = GroupedExperts(
+            config.expert_type, config.num_experts, input_dim, config.expert_hidden_dim, output_dim
+        )
+        shared_width = config.num_shared_experts * (config.shared_hidden_dim or config.expert_hidden_dim)
+        self.shared_expert = (
+            build_feedforward(config.expert_type, input_dim, shared_width, output_dim)
+            if shared_width
+            else None
+        )
+        self.shared_expert_gate = (
+            nn.Linear(input_dim, 1, bias=False) if config.shared_expert_gate and self.shared_expert else None
+        )
+        # valid-token load since the last router-bias update; read by analysis, reset by the update
+        self.register_buffer("load_since_update", torch.zeros(config.num_experts), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> MoELayerOutput:
+        """x ``(N, H)``: valid tokens only."""
+        c = self.config
+        n = x.shape[0]
+        routing = self.gate(x)
+        flat_idx = routing.indices.reshape(-1)
+        token_of_slot = torch.arange(n, device=x.device).repeat_interleave(routing.indices.shape[1])
+        flat_w = routing.weights.reshape(-1)
+        real = (flat_idx >= 0) & (flat_idx < c.num_experts)
+        if not bool(real.all()):  # top-p / null experts leave slots without compute
+            flat_idx, token_of_slot, flat_w = flat_idx[real], token_of_slot[real], flat_w[real]
+        # dropless, stable sort by expert: rows of one expert become contiguous for the grouped matmul
+        sorted_idx, order = torch.sort(flat_idx, stable=True)
+        tokens = token_of_slot[order]
+        counts = torch.bincount(sorted_idx, minlength=c.num_experts)
+        rows = self.experts.normalize(x)[tokens]
+        y = self.experts(rows, counts, sorted_idx, c.kernel)
+        y = y * flat_w[order].unsqueeze(-1).to(y.dtype)
+        out = y.new_zeros(n, y.shape[-1]).index_add_(0, tokens, y)
+        if self.shared_expert is not None:
+            shared = self.shared_expert(x)
+            if self.shared_expert_gate is not None:
+                shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
+            out = out + shared.to(out.dtype)
+        if self.training and c.router == "sigmoid":
+            with torch.no_grad():
+                self.load_since_update += counts.to(self.load_since_update.dtype)
+        return MoELayerOutput(
+            out=out,
+            routing=routing,
+            tokens_per_expert=counts,
+            load_balance_loss=self._load_balance_loss(routing),
+            z_loss=torch.logsumexp(routing.logits, dim=-1).pow(2).mean() if n else x.new_zeros(()),
+        )
+
+    def _load_balance_loss(self, routing: RoutingResult) -> torch.Tensor:
+        """Switch/GShard: ``S · Σ_s frac_assignments_s · mean_prob_s`` over all S router slots (null ones too);
+        1.0 at perfect balance."""
+        slots = routing.probs.shape[-1]
+        idx = routing.indices.reshape(-1)
+        idx = idx[idx >= 0]
+        if idx.numel() == 0:
+            return routing.probs.new_zeros(())
+        frac = torch.bincount(idx, minlength=slots).to(routing.probs.dtype) / idx.numel()
+        return slots * (frac * routing.probs.mean(0)).sum()
+
+    @torch.no_grad()
+    def update_router_bias(self) -> None:
+        """Aux-loss-free balancing step (DeepSeek-V3): raise the bias of under-loaded experts, lower the
+        over-loaded, by ``bias_update_rate · sign(mean_load - load)``. Called once per optimizer step."""
+        if self.config.router != "sigmoid":
+            return
+        load = self.load_since_update
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(load)
+        if load.sum() > 0:
+            self.gate.e_score_correction_bias += self.config.bias_update_rate * torch.sign(load.mean() - load)
+        load.zero_()
+
+    @classmethod
+    def from_hf(cls, block: nn.Module, kernel: str = "auto") -> MoELayer:
+        """Build from a transformers ``Qwen2MoeSparseMoeBlock`` (same parameter names and shapes)."""
+        experts, router = block.experts, block.gate
+        e, two_i, h = experts.gate_up_proj.shape
+        hf_config = getattr(experts, "config", None)
+        act = getattr(hf_config, "hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise ValueError(f"only SiLU experts are supported, the block uses {act!r}")
+        shared = getattr(block, "shared_expert", None)
+        config = MoEAdapterConfig(
+            input_dim=h,
+            output_dim=h,
+            downsample="none",
+            downsample_factor=1,
+            num_experts=e,
+            top_k=router.top_k,
+            expert_hidden_dim=two_i // 2,
+            num_shared_experts=1 if shared is not None else 0,
+            shared_hidden_dim=shared.gate_proj.out_features if shared is not None else None,
+            shared_expert_gate=getattr(block, "shared_expert_gate", None) is not None,
+            norm_topk_prob=bool(router.norm_topk_prob),
+            load_balance_coef=0.0,
+            kernel=kernel,
+        )
+        layer = cls(config, h, h).to(dtype=experts.gate_up_proj.dtype, device=experts.gate_up_proj.device)
+        layer.load_state_dict(block.state_dict())
+        return layer
+
+
+@register_adapter("moe", MoEAdapterConfig)
+class MoEAdapter(Adapter):
+    """front -> [LN] -> MoELayer (routed + shared experts) -> [aggregation] -> [LN] -> ``(B, T', D)``."""
+
+    config: MoEAdapterConfig
+
+    def __init__(self, config: MoEAdapterConfig) -> None:
+        super().__init__(config)
+        self.front = DownsampleFront(
+            config.downsample, config.downsample_factor, config.input_dim, config.fuse_dim
+        )
+        h = self.front.output_dim
+        self.norm_in = nn.LayerNorm(h) if config.pre_norm else nn.Identity()
+        if config.aggregation == "none":
+            mixture_dim = config.output_dim
+            self.aggregate: nn.Module = nn.Identity()
+        else:
+            if not config.mixture_dim:
+                raise ConfigError("aggregation needs mixture_dim (the experts' output width)")
+            mixture_dim = config.mixture_dim
+            if config.aggregation == "linear":
+                self.aggregate = nn.Linear(mixture_dim, config.output_dim)
+            else:
+                hidden = config.aggregation_hidden_dim or config.output_dim
+                self.aggregate = nn.Sequential(
+                    nn.Linear(mixture_dim, hidden), nn.SiLU(), nn.Linear(hidden, config.output_dim)
+                )
+        self.moe = MoELayer(config, h, mixture_dim)
+        needs_norm = config.output_norm or config.aggregation != "none"
+        self.norm_out = nn.LayerNorm(config.output_dim) if needs_norm else nn.Identity()
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> AdapterOutput:
+        _check_input_dim(self, features)
+        c = self.config
+        x, out_mask = self.front(features, _full_mask(features, mask))
+        x = self.norm_in(x)
+        b, t, _ = x.shape
+        layer = self.moe(x[out_mask])  # valid tokens only: padding enters no statistic
+        y = self.norm_out(self.aggregate(layer.out))
+        embeds = y.new_zeros(b, t, y.shape[-1])
+        embeds[out_mask] = y
+        routing = layer.routing
+        k, slots = routing.indices.shape[1], routing.logits.shape[1]
+        logits = routing.logits.new_zeros(b, t, slots)
+        logits[out_mask] = routing.logits
+        indices = routing.indices.new_full((b, t, k), -1)
+        indices[out_mask] = routing.indices
+        weights = routing.weights.new_zeros(b, t, k)
+        weights[out_mask] = routing.weights
+        losses = {"load_balance": layer.load_balance_loss, "z_loss": layer.z_loss}
+        aux = c.load_balance_coef * layer.load_balance_loss + c.z_loss_coef * layer.z_loss
+        return AdapterOutput(
+            embeds=embeds,
+            mask=out_mask,
+            aux_loss=aux,
+            aux_losses=losses,
+            router_logits=logits,
+            expert_indices=indices,
+            expert_weights=weights,
+            tokens_per_expert=layer.tokens_per_expert,
+        )
+
+    def active_parameters(self) -> int:
+        """All parameters except the routed experts not chosen: routed experts count ``top_k / E`` of theirs
+        (null experts have no parameters; top-p routing is counted at its cap ``top_k``)."""
+        c = self.config
+        total = sum(p.numel() for p in self.parameters())
+        routed = sum(p.numel() for p in self.moe.experts.parameters())
+        real_k = min(c.top_k, c.num_experts)
+        return total - routed + routed * real_k // c.num_experts
+
+
+def moe_layers(module: nn.Module) -> list[MoELayer]:
+    return [m for m in module.modules() if isinstance(m, MoELayer)]
+
+
+def update_router_biases(module: nn.Module) -> None:
+    """Apply the aux-loss-free bias step to every sigmoid-routed MoE layer in ``module``."""
+    for layer in moe_layers(module):
+        layer.update_router_bias()
+
+
+def attach_router_bias_update(optimizer: torch.optim.Optimizer, module: nn.Module):
+    """Run :func:`update_router_biases` before every ``optimizer.step()`` (so loads accumulated over all
+    gradient-accumulation micro-batches drive one update). Returns the hook handle."""
+    return optimizer.register_step_pre_hook(lambda *_: update_router_biases(module))
