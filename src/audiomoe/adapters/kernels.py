@@ -24,6 +24,19 @@ def loop_grouped_linear(x: torch.Tensor, weight: torch.Tensor, counts: torch.Ten
     return torch.cat(outs) if outs else x.new_zeros(0, weight.shape[1])
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous: grouped_mm's backward rejects expanded
+    (stride-0) gradients such as the one ``out.sum()`` produces."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return grad.contiguous()
+
+
 def grouped_mm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """grouped_mm needs a kernel for the device, 16-byte aligned rows, and on CUDA an SM80+ GPU."""
     if _GROUPED_MM is None or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -48,7 +61,8 @@ def grouped_mm_grouped_linear(x: torch.Tensor, weight: torch.Tensor, counts: tor
     if not grouped_mm_supported(x, weight):
         return loop_grouped_linear(x, weight, counts)
     offsets = torch.cumsum(counts, 0, dtype=torch.int32)
-    return _GROUPED_MM(x.contiguous(), weight.transpose(-2, -1), offs=offsets)
+    out = _GROUPED_MM(x.contiguous(), weight.transpose(-2, -1), offs=offsets)
+    return _ContiguousGrad.apply(out) if out.requires_grad else out
 
 
 KERNELS: dict[str, GroupedLinear] = {
