@@ -196,6 +196,54 @@ class GroupedExperts(nn.Module):
         return grouped_linear(hidden, self.down_proj, counts) + self.down_bias[expert_ids]
 
 
+class _DispatchRows(torch.autograd.Function):
+    """rows ``(R, H)`` = x[token of each expert-sorted slot], for the first R sorted slots (the computed ones).
+
+    The backward is a gather by the inverse permutation plus a sum over each token's K slots, instead of the
+    index_add scatter autograd would use (serial and slow on CPU)."""
+
+    @staticmethod
+    def forward(ctx, x, order, inverse, num_rows, slots):  # noqa: ANN001
+        ctx.save_for_backward(inverse)
+        ctx.num_rows, ctx.slots = num_rows, slots
+        return x[order[:num_rows] // slots]
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        (inverse,) = ctx.saved_tensors
+        full = grad.new_zeros(inverse.numel(), grad.shape[-1])
+        full[: ctx.num_rows] = grad
+        grad_x = full[inverse].view(-1, ctx.slots, grad.shape[-1]).sum(1)
+        return grad_x, None, None, None, None
+
+
+class _PermuteRows(torch.autograd.Function):
+    """``x[index]`` for a permutation ``index``; its backward gathers with the inverse permutation."""
+
+    @staticmethod
+    def forward(ctx, x, index, inverse_index):  # noqa: ANN001
+        ctx.save_for_backward(inverse_index)
+        return x[index]
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        (inverse_index,) = ctx.saved_tensors
+        return grad[inverse_index], None, None
+
+
+def _combine(
+    y: torch.Tensor, inverse: torch.Tensor, order: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Weighted scatter back: y ``(R, M)`` expert-sorted outputs, weights ``(N, K)`` -> ``(N, M)``.
+
+    Uncomputed slots are zero rows (their weight is 0 too); un-sorting is a permutation gather and the weighted
+    sum over each token's K slots is one batched matmul."""
+    n, k = weights.shape
+    full = F.pad(y, (0, 0, 0, n * k - y.shape[0]))
+    unsorted = _PermuteRows.apply(full, inverse, order).view(n, k, -1)
+    return torch.bmm(weights.unsqueeze(1).to(unsorted.dtype), unsorted).squeeze(1)
+
+
 @dataclass
 class MoELayerOutput:
     """out ``(N, M)``; routing of the N valid tokens; counts ``(E,)``; unweighted losses (scalars)."""
@@ -238,20 +286,19 @@ class MoELayer(nn.Module):
         c = self.config
         n = x.shape[0]
         routing = self.gate(x)
-        flat_idx = routing.indices.reshape(-1)
-        token_of_slot = torch.arange(n, device=x.device).repeat_interleave(routing.indices.shape[1])
-        flat_w = routing.weights.reshape(-1)
-        real = (flat_idx >= 0) & (flat_idx < c.num_experts)
-        if not bool(real.all()):  # top-p / null experts leave slots without compute
-            flat_idx, token_of_slot, flat_w = flat_idx[real], token_of_slot[real], flat_w[real]
+        slots = routing.indices.shape[1]
+        # slots without compute (top-p leftovers, null experts) get key E and sort to the tail, unprocessed
+        keys = routing.indices.reshape(-1)
+        keys = torch.where((keys >= 0) & (keys < c.num_experts), keys, torch.full_like(keys, c.num_experts))
         # dropless, stable sort by expert: rows of one expert become contiguous for the grouped matmul
-        sorted_idx, order = torch.sort(flat_idx, stable=True)
-        tokens = token_of_slot[order]
-        counts = torch.bincount(sorted_idx, minlength=c.num_experts)
-        rows = self.experts.normalize(x)[tokens]
-        y = self.experts(rows, counts, sorted_idx, c.kernel)
-        y = y * flat_w[order].unsqueeze(-1).to(y.dtype)
-        out = y.new_zeros(n, y.shape[-1]).index_add_(0, tokens, y)
+        sorted_keys, order = torch.sort(keys, stable=True)
+        counts = torch.bincount(sorted_keys, minlength=c.num_experts + 1)[: c.num_experts]
+        num_rows = int(counts.sum())
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        rows = _DispatchRows.apply(self.experts.normalize(x), order, inverse, num_rows, slots)
+        y = self.experts(rows, counts, sorted_keys[:num_rows], c.kernel)
+        out = _combine(y, inverse, order, routing.weights)
         if self.shared_expert is not None:
             shared = self.shared_expert(x)
             if self.shared_expert_gate is not None:
@@ -260,12 +307,16 @@ class MoELayer(nn.Module):
         if self.training and c.router == "sigmoid":
             with torch.no_grad():
                 self.load_since_update += counts.to(self.load_since_update.dtype)
+        # the z-loss costs a logsumexp over every token: computed only when it is used
+        z_loss = (
+            torch.logsumexp(routing.logits, dim=-1).pow(2).mean() if n and c.z_loss_coef else x.new_zeros(())
+        )
         return MoELayerOutput(
             out=out,
             routing=routing,
             tokens_per_expert=counts,
             load_balance_loss=self._load_balance_loss(routing),
-            z_loss=torch.logsumexp(routing.logits, dim=-1).pow(2).mean() if n else x.new_zeros(()),
+            z_loss=z_loss,
         )
 
     def _load_balance_loss(self, routing: RoutingResult) -> torch.Tensor:

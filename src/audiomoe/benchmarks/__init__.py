@@ -1,0 +1,1 @@
+"""Benchmarks (speed is measured here, never in tests); scripts under ``benchmarks/`` call these."""
