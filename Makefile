@@ -38,6 +38,12 @@ format: install
 test: lint
 	$(VENV)/bin/pytest
 
+demo: install
+	$(VENV)/bin/audiomoe demo --out demo-out
+
+demo-quick: install
+	$(VENV)/bin/audiomoe demo --out demo-out-quick --quick
+
 bench: install
 	$(VENV)/bin/audiomoe bench adapter --json bench-adapter.json
 
