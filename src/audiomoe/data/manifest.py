@@ -1,0 +1,356 @@
+"""JSONL manifests: three accepted schemas, one internal record, line-numbered validation.
+
+Every line of a manifest is one JSON object in one of these schemas (detected per line):
+
+* **native** (audiomoe):
+  ``{"key", "audio", "task", "instruction", "answer", "attributes": {name: value}, "duration", "transcript"}``;
+  ``key``, ``audio``, ``task``, ``answer`` are required, the rest optional.
+* **slam** (SLAM-LLM ASR style): ``{"key", "source": path, "target": text}`` (optional ``prompt``, ``task``):
+  the task is ``transcribe`` unless given, the target is also the transcript.
+* **messages** (ms-swift / LLaMA-Factory style):
+  ``{"messages": [{"role": "user", "content": "<audio>question"}, {"role": "assistant", "content": "answer"}],
+  "audios": [path]}`` with exactly one ``<audio>`` tag and one audio; optional ``key``/``id``, ``task``,
+  ``attributes``, ``duration``. Without ``task`` the task is the one whose paraphrase matches the question,
+  else ``audio_qa``.
+
+All three become an :class:`AudioRecord`. Relative audio paths are resolved against the manifest's folder.
+
+``read_manifest(path, on_error="fail")`` raises :class:`ManifestError` at the first bad line
+(``path:line: reason``); ``on_error="skip"`` drops bad lines and prints a counted summary to stderr (never a
+silent skip; :func:`load_manifest` returns the problems too). ``validate_manifest(path)`` checks every line,
+including that the audio decodes and that a stated duration matches, and returns every problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from audiomoe.data.audio import AudioError, audio_info, load_audio
+from audiomoe.data.tasks import TASKS, find_task_by_instruction, get_task
+
+AUDIO_TAG = "<audio>"
+DURATION_TOLERANCE = 0.05  # seconds; a stated duration further off than this (and 2%) is a problem
+
+
+class ManifestError(ValueError):
+    """A manifest line is unusable; the message is ``path:line: reason``."""
+
+
+@dataclass
+class AudioRecord:
+    """One training / evaluation example.
+
+    Attributes:
+        key: unique id of the example.
+        audio: path of the audio file (absolute, or as written when the manifest is read with resolve off).
+        task: a name in ``audiomoe.data.tasks.TASKS``.
+        instruction: the question put to the model (text, no audio tag).
+        answer: the reference answer.
+        attributes: known facts about the clip as strings, e.g. ``{"category": "speech", "gender": "female"}``.
+            The built-in corpus always sets ``category`` (speech | music | sound | mixture).
+        duration: seconds, or None if unknown.
+        transcript: the clip's spoken content as text where it exists (used for the modality-gap evaluation:
+            the same question asked with the transcript instead of the audio).
+    """
+
+    key: str
+    audio: str
+    task: str
+    instruction: str
+    answer: str
+    attributes: dict[str, str] = field(default_factory=dict)
+    duration: float | None = None
+    transcript: str | None = None
+
+    def to_json(self) -> str:
+        """One native-schema JSON line (keys in a fixed order so equal records give equal bytes)."""
+        data = dataclasses.asdict(self)
+        if data["transcript"] is None:
+            del data["transcript"]
+        data["attributes"] = dict(sorted(data["attributes"].items()))
+        return json.dumps(data, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class ManifestProblem:
+    """One bad line: ``str()`` gives ``path:line: reason``."""
+
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+@dataclass
+class ManifestLoad:
+    """Records read from a manifest plus the problems of the lines that were skipped."""
+
+    path: str
+    records: list[AudioRecord]
+    problems: list[ManifestProblem]
+    total_lines: int
+
+    def summary(self, show: int = 5) -> str:
+        lines = [
+            f"{self.path}: kept {len(self.records)} of {self.total_lines} lines, skipped {len(self.problems)}"
+        ]
+        lines += [f"  {p}" for p in self.problems[:show]]
+        if len(self.problems) > show:
+            lines.append(
+                f"  ... and {len(self.problems) - show} more (run `audiomoe data validate {self.path}`)"
+            )
+        return "\n".join(lines)
+
+
+def _need_str(obj: dict[str, Any], key: str, schema: str, optional: bool = False) -> str | None:
+    value = obj.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or (not optional and not value.strip()):
+        raise ManifestError(f"{schema} schema: '{key}' must be a non-empty string, got {value!r}")
+    return value
+
+
+def _attributes(obj: dict[str, Any]) -> dict[str, str]:
+    attrs = obj.get("attributes") or {}
+    if not isinstance(attrs, dict):
+        raise ManifestError(f"'attributes' must be an object of name: value, got {attrs!r}")
+    return {str(k): str(v) for k, v in attrs.items()}
+
+
+def _duration(obj: dict[str, Any]) -> float | None:
+    value = obj.get("duration")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ManifestError(f"'duration' must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _parse_native(obj: dict[str, Any], line: int) -> AudioRecord:
+    task = get_task(_need_str(obj, "task", "native")).name
+    answer = _need_str(obj, "answer", "native")
+    transcript = _need_str(obj, "transcript", "native", optional=True)
+    if transcript is None and task == "transcribe":
+        transcript = answer
+    instruction = _need_str(obj, "instruction", "native", optional=True) or TASKS[task].instruction()
+    return AudioRecord(
+        key=_need_str(obj, "key", "native"),
+        audio=_need_str(obj, "audio", "native"),
+        task=task,
+        instruction=instruction,
+        answer=answer,
+        attributes=_attributes(obj),
+        duration=_duration(obj),
+        transcript=transcript,
+    )
+
+
+def _parse_slam(obj: dict[str, Any], line: int) -> AudioRecord:
+    task = get_task(obj.get("task") or "transcribe").name
+    target = _need_str(obj, "target", "slam")
+    prompt = _need_str(obj, "prompt", "slam", optional=True)
+    return AudioRecord(
+        key=_need_str(obj, "key", "slam"),
+        audio=_need_str(obj, "source", "slam"),
+        task=task,
+        instruction=(prompt or TASKS[task].instruction()).replace(AUDIO_TAG, "").strip(),
+        answer=target,
+        attributes=_attributes(obj),
+        duration=_duration(obj),
+        transcript=target if task == "transcribe" else _need_str(obj, "transcript", "slam", optional=True),
+    )
+
+
+def _parse_messages(obj: dict[str, Any], line: int) -> AudioRecord:
+    messages, audios = obj.get("messages"), obj.get("audios")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise ManifestError("messages schema: 'messages' must be a list of {role, content} objects")
+    if not isinstance(audios, list) or len(audios) != 1 or not isinstance(audios[0], str):
+        raise ManifestError(f"messages schema: 'audios' must be a list with exactly one path, got {audios!r}")
+    users = [m for m in messages if m.get("role") == "user"]
+    assistants = [m for m in messages if m.get("role") == "assistant"]
+    if len(users) != 1 or len(assistants) != 1:
+        raise ManifestError("messages schema: need exactly one 'user' and one 'assistant' message")
+    question, answer = users[0].get("content"), assistants[0].get("content")
+    if not isinstance(question, str) or question.count(AUDIO_TAG) != 1:
+        raise ManifestError(f"messages schema: the user message must contain exactly one {AUDIO_TAG} tag")
+    if not isinstance(answer, str) or not answer.strip():
+        raise ManifestError("messages schema: the assistant message must be a non-empty string")
+    instruction = question.replace(AUDIO_TAG, "").strip()
+    if obj.get("task"):
+        task = get_task(obj["task"]).name
+    else:
+        found = find_task_by_instruction(instruction)
+        task = found.name if found else "audio_qa"
+    key = obj.get("key", obj.get("id"))
+    return AudioRecord(
+        key=str(key) if key is not None else f"line{line}",
+        audio=audios[0],
+        task=task,
+        instruction=instruction,
+        answer=answer,
+        attributes=_attributes(obj),
+        duration=_duration(obj),
+        transcript=obj.get("transcript") or (answer if task == "transcribe" else None),
+    )
+
+
+# Schema registry: a line belongs to the first schema whose marker keys it has.
+SCHEMAS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "messages": (("messages", "audios"), _parse_messages),
+    "slam": (("source", "target"), _parse_slam),
+    "native": (("audio", "task"), _parse_native),
+}
+
+
+def detect_schema(obj: dict[str, Any]) -> str:
+    for name, (markers, _) in SCHEMAS.items():
+        if all(k in obj for k in markers):
+            return name
+    raise ManifestError(
+        f"unknown schema (keys {sorted(obj)}); expected native {{audio, task, answer, ...}}, "
+        "slam {key, source, target} or messages {messages, audios}"
+    )
+
+
+def parse_line(text: str, line: int, base_dir: Path | None = None) -> AudioRecord:
+    """Parse one manifest line (any schema); ``base_dir`` resolves relative audio paths. Raises ManifestError."""
+    try:
+        obj = json.loads(text.rstrip("\r\n"))
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(obj, dict):
+        raise ManifestError(f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        record = SCHEMAS[detect_schema(obj)][1](obj, line)
+    except ManifestError:
+        raise
+    except ValueError as err:  # unknown task and other value errors from helpers
+        raise ManifestError(str(err)) from None
+    if base_dir is not None and not Path(record.audio).is_absolute():
+        record.audio = str(base_dir / record.audio)
+    return record
+
+
+def _iter_lines(path: Path) -> Iterable[tuple[int, str]]:
+    with path.open(encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            if text.strip():
+                yield number, text
+
+
+def load_manifest(
+    path: str | Path, on_error: Literal["fail", "skip"] = "fail", check_files: bool = True
+) -> ManifestLoad:
+    """Parse every line; ``check_files`` also requires each audio file to exist (cheap, no decoding).
+
+    ``on_error="fail"`` raises ManifestError at the first bad line; ``"skip"`` collects the problems.
+    Duplicate keys are problems too (analysis and resumption index records by key).
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    records: list[AudioRecord] = []
+    problems: list[ManifestProblem] = []
+    seen: dict[str, int] = {}
+    total = 0
+    for number, text in _iter_lines(path):
+        total += 1
+        try:
+            record = parse_line(text, number, path.parent)
+            if record.key in seen:
+                raise ManifestError(f"duplicate key {record.key!r} (first on line {seen[record.key]})")
+            if check_files and not Path(record.audio).is_file():
+                raise ManifestError(f"audio file {record.audio} not found")
+        except ManifestError as err:
+            problem = ManifestProblem(str(path), number, str(err))
+            if on_error == "fail":
+                raise ManifestError(f"{problem} (use on_error='skip' to drop bad lines)") from None
+            problems.append(problem)
+            continue
+        seen[record.key] = number
+        records.append(record)
+    return ManifestLoad(str(path), records, problems, total)
+
+
+def read_manifest(
+    path: str | Path, on_error: Literal["fail", "skip"] = "fail", check_files: bool = True
+) -> list[AudioRecord]:
+    """Records of a manifest (any of the three schemas). In skip mode, a summary of dropped lines goes to stderr."""
+    loaded = load_manifest(path, on_error, check_files)
+    if loaded.problems:
+        print(loaded.summary(), file=sys.stderr)
+    return loaded.records
+
+
+def write_manifest(records: Iterable[AudioRecord], path: str | Path, relative: bool = True) -> int:
+    """Write native-schema JSONL; with ``relative`` audio paths under the manifest's folder are stored relative."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = path.parent.resolve()
+    count = 0
+    with path.open("w", encoding="utf-8") as f:
+        for record in records:
+            audio = Path(record.audio)
+            if relative and audio.is_absolute() and audio.resolve().is_relative_to(base):
+                record = dataclasses.replace(record, audio=audio.resolve().relative_to(base).as_posix())
+            f.write(record.to_json() + "\n")
+            count += 1
+    return count
+
+
+def validate_manifest(
+    path: str | Path, check_audio: bool = True, max_duration: float | None = 30.0, sampling_rate: int = 16000
+) -> list[ManifestProblem]:
+    """Every problem of every line: JSON, schema, task, duplicate key, file exists, decodes, duration.
+
+    ``check_audio`` decodes each file (catches empty, silent, NaN, truncated, undecodable) and compares a stated
+    duration with the real one; ``max_duration`` flags clips longer than the encoder window (Whisper: 30 s).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return [ManifestProblem(str(path), 0, "manifest file does not exist")]
+    loaded = load_manifest(path, on_error="skip", check_files=True)
+    problems = list(loaded.problems)
+    if check_audio:
+        lines = {}
+        for number, text in _iter_lines(path):
+            lines[number] = text
+        bad_lines = {p.line for p in problems}
+        numbered = [n for n in lines if n not in bad_lines]
+        for number, record in zip(numbered, loaded.records):
+            try:
+                info = audio_info(record.audio)
+                load_audio(record.audio, sampling_rate)
+            except AudioError as err:
+                problems.append(ManifestProblem(str(path), number, str(err)))
+                continue
+            real = info.duration
+            if record.duration is not None and abs(real - record.duration) > max(
+                DURATION_TOLERANCE, 0.02 * real
+            ):
+                problems.append(
+                    ManifestProblem(
+                        str(path),
+                        number,
+                        f"duration says {record.duration:.3f} s but the audio lasts {real:.3f} s",
+                    )
+                )
+            if max_duration is not None and real > max_duration:
+                problems.append(
+                    ManifestProblem(
+                        str(path), number, f"audio lasts {real:.1f} s, more than {max_duration:.0f} s"
+                    )
+                )
+    return sorted(problems, key=lambda p: p.line)
