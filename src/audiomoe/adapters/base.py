@@ -54,8 +54,8 @@ class AdapterOutput:
     aux_loss: scalar, already weighted by the adapter's own coefficients (0 for dense adapters).
     aux_losses: the unweighted named components of ``aux_loss`` (e.g. ``load_balance``, ``z_loss``).
     router_logits: ``(B, T', E)`` fp32 router logits (zeros at padded tokens), or None for dense adapters.
-    expert_indices: ``(B, T', K)`` long, experts chosen per token, ``-1`` for padding and unused slots
-        (top-p routing and null experts choose a variable number of real experts), or None.
+    expert_indices: ``(B, T', K)`` long, experts chosen per token, ``-1`` for padding and unused slots (top-p
+        routing), values ``>= E`` for null experts (zero-compute, AdaMoE), or None for dense adapters.
     expert_weights: ``(B, T', K)`` gate weights matching ``expert_indices`` (0 where the index is -1), or None.
     tokens_per_expert: ``(E,)`` count of valid tokens routed to each real expert; empty for dense adapters.
     """
