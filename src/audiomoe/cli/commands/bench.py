@@ -15,11 +15,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--shape", action="append", help="only these shapes (repeatable)")
     a.add_argument("--repeats", type=int, default=7)
     a.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    a.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     a.set_defaults(func=run_adapter)
 
 
 def run_adapter(args: argparse.Namespace) -> int:
+    import torch
+
     from audiomoe.benchmarks.adapter_speed import format_table, run_benchmark
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     result = run_benchmark(args.shape, repeats=args.repeats, dtype=args.dtype)
     print(format_table(result))
