@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/feature_cache.py --manifest demo-out/corpus/train.jsonl [--preset whisper-tiny-en]
 
-Both arms run the same optimizer steps (adapter trains; encoder and LLM frozen; the backward pass still runs
+Both arms run the same optimizer steps (by default with the LLM size the demo trains, ``--llm preset`` for the
+preset's larger one) (adapter trains; encoder and LLM frozen; the backward pass still runs
 through the LLM) on the same batches of 16 clips, data loading included: "recompute" decodes the audio, makes
 log-mel features and runs the encoder; "cache" reads the encoder outputs from the memory-mapped cache. The arms
 alternate step by step and the medians are compared, so a noisy neighbour slows both alike. The ratio is
@@ -23,6 +24,7 @@ from audiomoe.data.manifest import read_manifest
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.models.presets import build_preset
 from audiomoe.training.data import RecordBatcher
+from audiomoe.training.demo import DEMO_LLM
 from audiomoe.training.feature_cache import FeatureCache
 
 
@@ -33,6 +35,10 @@ def main() -> None:
     )
     parser.add_argument("--preset", default="whisper-tiny-en")
     parser.add_argument("--encoder", default="", help="override encoder.path (e.g. base)")
+    parser.add_argument(
+        "--llm", choices=["demo", "preset"], default="demo",
+        help="demo: the LLM size `audiomoe demo` trains (default); preset: the preset's own LLM",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
         "--steps", type=int, default=12, help="measured steps per arm (after 2 warm-up steps)"
@@ -43,6 +49,8 @@ def main() -> None:
     overrides = {"freeze": {"encoder": True, "adapter": False, "llm": True}}
     if args.encoder:
         overrides["encoder"] = {"path": args.encoder}
+    if args.llm == "demo":
+        overrides["llm"] = {"config": {**build_preset(args.preset, "mlp").llm.config, **DEMO_LLM}}
     torch.manual_seed(0)
     model = AudioLanguageModel(build_preset(args.preset, "mlp", **overrides)).train()
     records = read_manifest(args.manifest)[: args.batch_size * (args.steps + 2)]
@@ -73,6 +81,7 @@ def main() -> None:
     result = {
         "preset": args.preset,
         "encoder": args.encoder or "preset default",
+        "llm": args.llm,
         "batch_size": args.batch_size,
         "steps": args.steps,
         "median_step_seconds": {k: round(v, 4) for k, v in medians.items()},

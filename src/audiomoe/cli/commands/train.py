@@ -1,0 +1,39 @@
+"""``audiomoe train``: train an LALM from a YAML config with dotted overrides.
+
+audiomoe train --config configs/demo-moe.yaml steps=200 optim.lr=1e-3
+audiomoe train --config configs/demo-moe.yaml --resume          # continue exactly where it stopped
+torchrun --nproc_per_node=8 -m audiomoe.cli.main train --config configs/paper-moe-qwen3-1.7b.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train an LALM (AdamW, warmup+cosine, checkpoints, exact --resume, DDP/FSDP under torchrun)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help="training YAML (see configs/)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=1e-3"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from audiomoe.training.config import load_train_config
+    from audiomoe.training.run import train
+
+    config = load_train_config(args.config, args.overrides)
+    result = train(config, resume=args.resume)
+    if result.summary:
+        print(f"trained {result.summary['steps']} steps in {result.summary['train_seconds']:.1f} s; "
+              f"model saved to {result.model_dir}")  # fmt: skip
+    return 0

@@ -1,0 +1,118 @@
+"""Typed training configuration: one dataclass tree, loaded from YAML with dotted ``key=value`` overrides.
+
+    cfg = load_train_config("configs/demo.yaml", ["optim.lr=3e-4", "steps=200"])
+
+The resolved config is written to ``RUN/config.yaml`` at the start of every run, so a run directory always says
+exactly what produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from audiomoe.config import ConfigError, load_config
+
+Precision = Literal["fp32", "bf16", "fp16"]
+Strategy = Literal["auto", "ddp", "fsdp"]
+
+
+@dataclass
+class ModelSection:
+    """Which LALM to build, from one of: ``path`` (a saved model directory), ``config`` (an LALM YAML such as
+    ``configs/lalm-whisper-large-v3-qwen2.5-7b.yaml``) or ``preset`` (an ``audiomoe.models.presets`` name).
+    ``adapter`` (may hold ``type``) is merged into the adapter section, ``overrides`` into the rest of the
+    :class:`~audiomoe.models.lalm.LALMConfig` (e.g. ``{freeze: {llm: true}, lora: {llm: true}}``)."""
+
+    preset: str = "tiny"
+    config: str = ""
+    path: str = ""
+    adapter: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    """Manifests and batching. Batches are bucketed by duration; ``batch_size`` is per process and per micro-step."""
+
+    train: list[str] = field(default_factory=list)
+    dev: list[str] = field(default_factory=list)
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    # Periodic dev eval (generation) uses at most this many items; the full evaluation is `audiomoe eval`.
+    max_dev_items: int = 256
+    on_bad_line: Literal["fail", "skip"] = "fail"
+    # Directory of the frozen-encoder feature cache; "" = run the encoder on every batch.
+    feature_cache: str = ""
+    feature_cache_dtype: Literal["float16", "float32"] = "float16"
+
+
+@dataclass
+class OptimSection:
+    """AdamW. ``weight_decay`` applies to matrices only (biases, norms and 1-d parameters are exempt)."""
+
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0  # 0 disables clipping
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class ScheduleSection:
+    """Linear warmup to ``optim.lr``, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
+
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Steps count optimizer updates (each ``grad_accum`` micro-batches)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    steps: int = 100
+    grad_accum: int = 1
+    precision: Precision = "fp32"  # bf16/fp16 autocast on GPU; bf16 also on CPU (fp16 needs a GPU)
+    seed: int = 0
+    out_dir: str = "runs/default"
+    log_every: int = 1
+    eval_every: int = 0  # 0 = only at the end
+    checkpoint_every: int = 0  # 0 = only at the end
+    keep_last: int = 2
+    strategy: Strategy = "auto"  # auto = DDP when launched by torchrun with more than one process
+    fsdp_wrap: list[str] = field(default_factory=list)  # module class names sharded on their own under FSDP
+    # DDP: MoE experts that receive no token in a step get no gradient; false is faster when every parameter is used
+    find_unused_parameters: bool = True
+    compile: bool = False
+    progress: bool = True
+    tensorboard: bool = True  # used when the tensorboard package is installed
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "grad_accum", "log_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.schedule.warmup_steps < 0:
+            raise ConfigError(f"schedule.warmup_steps must be >= 0, got {self.schedule.warmup_steps}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir)
+
+
+def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML + dotted overrides -> :class:`TrainConfig` (unknown keys and bad values raise ``ConfigError``)."""
+    return load_config(TrainConfig, path, overrides)

@@ -1,0 +1,82 @@
+"""Manifest records -> LALM batches, from raw audio or from the frozen-encoder feature cache.
+
+A record becomes one chat turn: the user message is the record's instruction with the clip in front (the
+processor adds the ``<audio>`` tag, as ``audiomoe infer`` does), the assistant message its answer. With a
+:class:`~audiomoe.training.feature_cache.FeatureCache` the batch carries ``encoder_hidden`` / ``encoder_mask``
+instead of audio features, and the model skips its encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from audiomoe.data.audio import load_audio
+from audiomoe.data.manifest import AudioRecord
+from audiomoe.models.processor import AudioLanguageProcessor
+from audiomoe.training.feature_cache import FeatureCache
+
+
+class _CachedAudioProcessor(AudioLanguageProcessor):
+    """The model's processor for clips whose encoder outputs are cached: each "clip" is its valid input length
+    (an int), so prompts get the right number of audio placeholders without reading or featurising audio."""
+
+    def extract_features(self, clips: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(0), torch.as_tensor([int(c) for c in clips], dtype=torch.long)
+
+
+class RecordBatcher:
+    """``collate(indices)`` -> the model's keyword batch for those records (training: with ``labels``)."""
+
+    def __init__(
+        self,
+        records: Sequence[AudioRecord],
+        processor: AudioLanguageProcessor,
+        cache: FeatureCache | None = None,
+    ) -> None:
+        if not records:
+            raise ValueError("no records to batch: is the manifest empty?")
+        self.records = list(records)
+        self.processor = processor
+        self.cache = cache
+        self._cached_processor = (
+            _CachedAudioProcessor(processor.tokenizer, processor.feature_extractor, processor.audio_token_lengths,
+                                  processor.config)
+            if cache is not None
+            else None
+        )  # fmt: skip
+
+    def collate(self, indices: Sequence[int], with_answers: bool = True) -> dict[str, torch.Tensor]:
+        records = [self.records[i] for i in indices]
+        return self.batch(records, [r.instruction for r in records], with_answers)
+
+    def batch(
+        self, records: Sequence[AudioRecord], prompts: Sequence[str], with_answers: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Prompts (without ``<audio>`` tag) about the records' clips; answers from the records if asked."""
+        answers = [r.answer for r in records] if with_answers else None
+        if self.cache is None or self._cached_processor is None:
+            rate = self.processor.config.sampling_rate
+            clips = [[load_audio(r.audio, rate)] for r in records]
+            return self.processor(list(prompts), clips, answers=answers)
+        hidden, mask, lengths = self.cache.batch([r.audio for r in records])
+        batch = self._cached_processor(list(prompts), [[n] for n in lengths.tolist()], answers=answers)
+        batch.pop("audio_features", None)
+        batch.pop("audio_lengths", None)
+        batch["encoder_hidden"], batch["encoder_mask"] = hidden, mask
+        return batch
+
+    def text_batch(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Text-only prompts (the modality-gap evaluation), left-padded for generation."""
+        return self.processor(list(prompts), [], answers=None)
+
+
+def count_frames(batch: dict[str, torch.Tensor]) -> int:
+    """Throughput unit: valid encoder frames when cached, else valid encoder-input (mel) frames."""
+    if "encoder_mask" in batch:
+        return int(batch["encoder_mask"].sum())
+    if "audio_lengths" in batch:
+        return int(batch["audio_lengths"].sum())
+    return int(batch["attention_mask"].sum())

@@ -1,0 +1,165 @@
+"""One training run of an LALM from a :class:`TrainConfig`: what ``audiomoe train`` and the demo call.
+
+    result = train(load_train_config("configs/demo-moe.yaml", ["steps=50"]))
+
+Steps: seed -> build the model (preset or saved directory) -> read manifests -> fill the feature cache when the
+encoder is frozen and ``data.feature_cache`` is set -> duration-bucketed, rank-sharded batches -> :class:`Trainer`
+-> ``RUN/model`` (``save_pretrained``: what ``audiomoe eval`` / ``infer`` load) and ``RUN/summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audiomoe.config import from_dict, load_config, to_dict
+from audiomoe.data.manifest import AudioRecord, read_manifest
+from audiomoe.data.sampler import BucketBatchSampler
+from audiomoe.evaluation.runner import GenerationSettings, generate_answers, score_predictions
+from audiomoe.models.lalm import AudioLanguageModel, LALMConfig
+from audiomoe.models.presets import build_preset
+from audiomoe.training import checkpoint as ckpt
+from audiomoe.training.config import ModelSection, TrainConfig
+from audiomoe.training.data import RecordBatcher, count_frames
+from audiomoe.training.distributed import DistEnv, barrier, default_device, init_distributed, shutdown
+from audiomoe.training.feature_cache import FeatureCache
+from audiomoe.training.stream import BatchStream
+from audiomoe.training.trainer import Trainer, seed_everything
+
+MODEL_DIR = "model"
+
+
+def resolve_lalm_config(section: ModelSection) -> LALMConfig:
+    """The :class:`LALMConfig` of an LALM YAML or a preset, with the adapter and config overrides merged in."""
+    fields: dict[str, Any] = dict(section.overrides)
+    if section.config:
+        base = to_dict(load_config(LALMConfig, section.config))
+        # A new adapter type replaces the file's adapter section; otherwise the keys are merged into it.
+        swap = section.adapter.get("type", base["adapter"]["type"]) != base["adapter"]["type"]
+        base["adapter"] = dict(section.adapter) if swap else {**base["adapter"], **section.adapter}
+        return from_dict(LALMConfig, merge_dicts(base, fields))
+    adapter = dict(section.adapter)
+    adapter_type = adapter.pop("type", "linear")
+    if adapter:
+        fields["adapter"] = {**fields.get("adapter", {}), **adapter}
+    return build_preset(section.preset, adapter_type, **fields)
+
+
+def build_model(section: ModelSection) -> AudioLanguageModel:
+    """A saved model directory (``path``), else the resolved config built (weights loaded from their paths)."""
+    if section.path:
+        return AudioLanguageModel.from_pretrained(section.path)
+    return AudioLanguageModel(resolve_lalm_config(section))
+
+
+def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts merge key by key; any other value in ``extra`` replaces the base value."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = (
+            merge_dicts(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
+    return out
+
+
+def read_records(paths: list[str], on_bad_line: str) -> list[AudioRecord]:
+    records: list[AudioRecord] = []
+    for path in paths:
+        records += read_manifest(path, on_error=on_bad_line)  # type: ignore[arg-type]
+    return records
+
+
+def open_cache(
+    config: TrainConfig, model: AudioLanguageModel, records: list[AudioRecord], env: DistEnv
+) -> FeatureCache | None:
+    """The frozen-encoder cache, filled by rank 0 (the others wait, then read the same shards)."""
+    if not config.data.feature_cache:
+        return None
+    cache = FeatureCache(config.data.feature_cache, model, dtype=config.data.feature_cache_dtype)
+    if env.is_main:
+        started = time.perf_counter()
+        encoded = cache.ensure([r.audio for r in records], progress=config.progress)
+        if encoded:
+            print(
+                f"feature cache: encoded {encoded} clips in {time.perf_counter() - started:.1f} s -> {cache.dir}"
+            )
+    barrier(env)
+    if not env.is_main:
+        cache = FeatureCache(config.data.feature_cache, model, dtype=config.data.feature_cache_dtype)
+    return cache
+
+
+def export_model(config: TrainConfig, model: AudioLanguageModel, env: DistEnv) -> AudioLanguageModel:
+    """The model to save. Under FSDP the live parameters are shards, so rank 0 rebuilds the model and loads the
+    full weights of the final checkpoint (gathered when it was written) instead."""
+    if not (env.enabled and config.strategy == "fsdp"):
+        return model
+    full = build_model(config.model)
+    final = ckpt.latest_checkpoint(config.run_dir / "checkpoints")
+    full.load_state_dict(ckpt.load_tensors(final / ckpt.MODEL_FILE), strict=False)
+    return full
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model_dir: Path
+    summary: dict[str, Any]
+
+
+def train(config: TrainConfig, resume: bool = False) -> RunResult:
+    """Train as configured; returns where the model was saved and the run summary."""
+    if not config.data.train:
+        raise ValueError("data.train is empty: give one or more training manifests (data.train=[a.jsonl])")
+    env = DistEnv.from_env()
+    device = default_device(env)
+    init_distributed(env, device)  # before the feature cache: rank 0 fills it while the others wait
+    seed_everything(config.seed)
+    model = build_model(config.model)
+    train_records = read_records(config.data.train, config.data.on_bad_line)
+    dev_records = read_records(config.data.dev, config.data.on_bad_line)[: config.data.max_dev_items]
+    cache = open_cache(config, model, train_records + dev_records, env)
+    batcher = RecordBatcher(train_records, model.processor, cache)
+    durations = [r.duration or 0.0 for r in train_records]
+    sampler = BucketBatchSampler(
+        durations, config.data.batch_size, seed=config.seed, rank=env.rank, world_size=env.world_size
+    )
+    stream = BatchStream(sampler.batches, batcher.collate)
+
+    evaluate = None
+    if dev_records:
+        dev_batcher = RecordBatcher(dev_records, model.processor, cache)
+        settings = GenerationSettings(batch_size=config.data.eval_batch_size, progress=False)
+
+        def evaluate(unwrapped: Any) -> dict[str, float]:
+            report = score_predictions(
+                dev_records, generate_answers(unwrapped, dev_batcher, dev_records, settings)
+            )
+            return {"dev_score": report["overall"], **{f"dev_{g}": s for g, s in report["groups"].items()}}
+
+    trainer = Trainer(
+        config, model, stream, evaluate=evaluate, count_frames=count_frames, env=env, device=device
+    )
+    result = trainer.fit(resume=resume)
+    model_dir = config.run_dir / MODEL_DIR
+    summary: dict[str, Any] = {}
+    if env.is_main:
+        export_model(config, model, env).save_pretrained(model_dir)
+        summary = {
+            "steps": result.step,
+            "final_loss": result.last_loss,
+            "train_seconds": round(result.train_seconds, 2),
+            "params": model.param_summary(),
+            "feature_cache": str(cache.dir) if cache is not None else None,
+            "train_items": len(train_records),
+            "padding_fraction": round(sampler.padding_fraction(0), 4),
+        }
+        (config.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    del trainer
+    shutdown(env)
+    return RunResult(config.run_dir, model_dir, summary)
