@@ -162,3 +162,19 @@ def test_yaml_config_with_overrides(tmp_path):
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(MoEAdapterConfig, path, ["topk=2"])
     assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
+
+
+def test_paper_dense_twin_with_fusion_front_matches_moe_total():
+    """The paper's twins share the 5120 -> 2560 fusion front; the dense FFN then has the MoE's total parameters."""
+    front = {
+        "input_dim": 1280,
+        "output_dim": 2048,
+        "downsample": "stack",
+        "downsample_factor": 4,
+        "fuse_dim": 2560,
+    }
+    moe = count_parameters({**preset_config("paper-2601.02967").__dict__, **front})
+    dense = count_parameters({**preset_config("paper-2601.02967-dense").__dict__, **front})
+    fusion = 5120 * 2 + 5120 * 2560 + 2560 + 2560 * 2
+    assert moe["total_params"] == pytest.approx(94.4e6 + fusion, rel=0.005)
+    assert dense["total_params"] == pytest.approx(moe["total_params"], rel=0.005)

@@ -72,6 +72,7 @@ class MLPAdapterConfig(AdapterConfig):
     mlp_type: Literal["swiglu", "ffn"] = "swiglu"  # ffn = LN -> Linear -> SiLU -> Linear (the paper's block)
     pre_norm: bool = True  # LayerNorm on the front's output (the ffn block carries its own)
     post_norm: bool = False  # LayerNorm on the output, as the paper's aggregation
+    fuse_dim: int | None = None  # the paper's fusion of stacked frames (LN -> Linear -> SiLU -> LN)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,7 +86,7 @@ class MLPAdapter(Adapter):
 
     def __init__(self, config: MLPAdapterConfig) -> None:
         super().__init__(config)
-        self.front = _front(config)
+        self.front = _front(config, config.fuse_dim)
         d_in = self.front.output_dim
         self.norm_in = (
             nn.LayerNorm(d_in) if config.pre_norm and config.mlp_type == "swiglu" else nn.Identity()
