@@ -133,3 +133,38 @@ def test_train_resume_and_eval_on_a_foreign_manifest(corpus: Path, tmp_path: Pat
     report = json.loads(report_path.read_text())
     assert report["n"] == 2 and set(report["tasks"]) == {"instrument"} and "music" in report["groups"]
     assert len(report["predictions"]) == 2
+
+
+def test_training_updates_sigmoid_router_bias_and_tracks_gradient_conflict(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """The trainer attaches the aux-loss-free bias step to the optimizer, and measures gradient conflict between
+    audio categories every ``grad_conflict_every`` steps into metrics.jsonl."""
+    lines = (corpus / "train.jsonl").read_text().splitlines()
+    mixed = [line.replace('"music"', '"sound"') if i % 2 else line for i, line in enumerate(lines)]
+    manifest = corpus / "mixed.jsonl"
+    manifest.write_text("\n".join(mixed) + "\n")
+    run = tmp_path / "run"
+    config = load_train_config(
+        None,
+        [
+            f"data.train=[{manifest}]",
+            "data.batch_size=4",
+            f"out_dir={run}",
+            "steps=4",
+            "progress=false",
+            "model.preset=tiny",
+            "model.adapter={type: moe, num_experts: 4, top_k: 2, router: sigmoid, bias_update_rate: 0.01}",
+            "grad_conflict_every=2",
+        ],
+    )
+    result = train(config)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    grad = [r for r in records if r.get("split") == "grad"]
+    assert [r["step"] for r in grad] == [2, 4]
+    assert all(0.0 <= r["grad/conflict_ratio"] <= 1.0 and "grad/cos/sound|music" in r for r in grad)
+    bias = AudioLanguageModel.from_pretrained(result.model_dir).adapter.moe.gate.e_score_correction_bias
+    assert bias.abs().sum() > 0  # 4 steps x rate 0.01 moved it
+    assert (
+        set(bias.abs().unique().tolist()) <= {0.0, 0.01, 0.02, 0.03, 0.04} or bias.abs().max() <= 0.04 + 1e-6
+    )

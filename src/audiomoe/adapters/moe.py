@@ -278,8 +278,9 @@ class MoELayer(nn.Module):
         self.shared_expert_gate = (
             nn.Linear(input_dim, 1, bias=False) if config.shared_expert_gate and self.shared_expert else None
         )
-        # valid-token load since the last router-bias update; read by analysis, reset by the update
-        self.register_buffer("load_since_update", torch.zeros(config.num_experts), persistent=False)
+        # Valid-token load since the last router-bias update, reset by the update. A plain tensor, not a buffer:
+        # DDP broadcasts buffers from rank 0 every forward, which would overwrite each rank's own count.
+        self.load_since_update = torch.zeros(config.num_experts)
 
     def forward(self, x: torch.Tensor) -> MoELayerOutput:
         """x ``(N, H)``: valid tokens only."""
@@ -306,6 +307,8 @@ class MoELayer(nn.Module):
             out = out + shared.to(out.dtype)
         if self.training and c.router == "sigmoid":
             with torch.no_grad():
+                if self.load_since_update.device != counts.device:
+                    self.load_since_update = self.load_since_update.to(counts.device)
                 self.load_since_update += counts.to(self.load_since_update.dtype)
         # the z-loss costs a logsumexp over every token: computed only when it is used
         z_loss = (
@@ -336,12 +339,13 @@ class MoELayer(nn.Module):
         over-loaded, by ``bias_update_rate · sign(mean_load - load)``. Called once per optimizer step."""
         if self.config.router != "sigmoid":
             return
-        load = self.load_since_update
+        bias = self.gate.e_score_correction_bias
+        load = self.load_since_update.to(bias.device)
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(load)
+            dist.all_reduce(load)  # every rank sees the global load and makes the same update
         if load.sum() > 0:
-            self.gate.e_score_correction_bias += self.config.bias_update_rate * torch.sign(load.mean() - load)
-        load.zero_()
+            bias += self.config.bias_update_rate * torch.sign(load.mean() - load)
+        self.load_since_update = torch.zeros_like(load)
 
     @classmethod
     def from_hf(cls, block: nn.Module, kernel: str = "auto") -> MoELayer:

@@ -142,8 +142,30 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
             )
             return {"dev_score": report["overall"], **{f"dev_{g}": s for g, s in report["groups"].items()}}
 
+    tracker = None
+    if config.grad_conflict_every and env.is_main:
+        # fixed probe batches per audio category, measured on the unwrapped model
+        from audiomoe.analysis.gradients import GradientConflictTracker
+        from audiomoe.analysis.report import AnalysisConfig, make_probes
+
+        probe_config = AnalysisConfig(
+            probe_batches=1, probe_batch_size=config.data.batch_size, seed=config.seed
+        )
+
+        def collate(records: list[AudioRecord]) -> dict[str, Any]:
+            return batcher.batch(records, [r.instruction for r in records])
+
+        probes = make_probes(train_records, collate, "category", probe_config, device)
+        tracker = GradientConflictTracker(model, probes, interval=config.grad_conflict_every)
     trainer = Trainer(
-        config, model, stream, evaluate=evaluate, count_frames=count_frames, env=env, device=device
+        config,
+        model,
+        stream,
+        evaluate=evaluate,
+        count_frames=count_frames,
+        env=env,
+        device=device,
+        tracker=tracker,
     )
     result = trainer.fit(resume=resume)
     model_dir = config.run_dir / MODEL_DIR

@@ -30,6 +30,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm.auto import tqdm
 
+from audiomoe.adapters.moe import attach_router_bias_update
+from audiomoe.analysis.gradients import GradientConflictTracker
 from audiomoe.config import ConfigError, save_yaml
 from audiomoe.training import checkpoint as ckpt
 from audiomoe.training.config import TrainConfig
@@ -128,6 +130,7 @@ class Trainer:
         count_frames: Callable[[Any], int] = items_in,
         env: DistEnv | None = None,
         device: torch.device | None = None,
+        tracker: GradientConflictTracker | None = None,
     ) -> None:
         self.config = config
         self.env = env or DistEnv.from_env()
@@ -148,6 +151,10 @@ class Trainer:
         if config.compile:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.model, config)
+        # sigmoid-routed MoE layers: the aux-loss-free bias step runs before every optimizer step, so it sees the
+        # load of all gradient-accumulation micro-batches (a no-op for other adapters)
+        attach_router_bias_update(self.optimizer, self.model)
+        self.tracker = tracker
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: warmup_cosine(
@@ -326,6 +333,8 @@ class Trainer:
             self.step += 1
             elapsed = time.perf_counter() - started
             self.train_seconds += elapsed
+            # measured outside the timed step; main rank only, on the unwrapped model (no DDP collectives)
+            conflict = self.tracker.maybe_update(self.step) if self.tracker and self.env.is_main else None
 
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 loss_value, aux_value, lm_value = (
@@ -345,6 +354,8 @@ class Trainer:
                     }
                 )
                 bar.set_postfix(loss=f"{loss_value:.4f}", aux=f"{aux_value:.4f}", fps=f"{frames_per_s:.0f}")
+            if conflict is not None:
+                self.log({"step": self.step, "split": "grad", **self.tracker.log_record()})
             bar.update(1)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 self.run_eval()
