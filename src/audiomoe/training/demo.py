@@ -7,8 +7,11 @@
    (instructions, answers, transcripts) and cached; every arm starts from it and trains end to end.
 4. **Arms**: ``linear``, ``mlp``, ``moe`` and the MoE's dense-FFN twin, at matched parameters (``mlp`` has the
    MoE's *active* parameters, ``dense-twin`` its *total*), same data, steps and seed.
-5. **Report**: ``report.md`` / ``report.json`` per task and task group for every arm, parameters, training time,
-   modality gap, and what did not work.
+5. **Analysis**: gradient conflict between audio categories and task groups, expert specialisation (NMI against
+   shuffled labels) and load balance of every trained arm on the held-out dev + test clips
+   (:func:`~audiomoe.analysis.report.analyze_checkpoints`), plots in ``analysis/``.
+6. **Report**: ``report.md`` / ``report.json`` per task and task group for every arm, parameters, training time,
+   modality gap, the analysis against the paper's figures, and what did not work.
 
 ``--quick`` runs the same pipeline with the random-init ``tiny`` preset, a 100-clip corpus and a few steps
 (a smoke test of the machinery, not a result).
@@ -24,7 +27,7 @@ import math
 import resource
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,6 +37,8 @@ import torch
 from torch import nn
 
 from audiomoe.adapters.presets import count_parameters, matched_moe_config
+from audiomoe.analysis.gradients import WHOLE
+from audiomoe.analysis.report import AnalysisConfig, Collate, analyze_checkpoints
 from audiomoe.config import from_dict, to_dict
 from audiomoe.data.manifest import AudioRecord, read_manifest
 from audiomoe.data.tasks import TASK_GROUPS, TASKS
@@ -44,6 +49,7 @@ from audiomoe.models.llm import LLMConfig, build_llm
 from audiomoe.models.presets import build_preset
 from audiomoe.models.tokenizer import load_tokenizer
 from audiomoe.training.config import TrainConfig
+from audiomoe.training.data import RecordBatcher
 from audiomoe.training.feature_cache import FeatureCache
 from audiomoe.training.run import train
 from audiomoe.training.stream import BatchStream
@@ -54,6 +60,22 @@ TRAIN_BUDGET_SECONDS = 480  # the share of the 15-minute demo budget left for tr
 # The demo's LLM: Qwen2 architecture at the size a 15-minute CPU budget affords for four arms (the
 # whisper-tiny-en preset's default, hidden 256 x 4 layers, costs about five times as much per token).
 DEMO_LLM = {"hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 384}
+# Post-hoc analysis of the trained arms on held-out clips: 8 probe batches of 8 clips per category / task group
+# and routing over every clip cost about 25 s for the four full-demo arms (cached encoder features).
+ANALYSIS = AnalysisConfig(probe_batches=8, probe_batch_size=8, max_routing_items=512, batch_size=16)
+# Both held out from training; together they give the full demo 8 probe batches of each category.
+ANALYSIS_SPLITS = ("dev", "test")
+# The paper's gradient cosines between audio categories (dense vs MoE adapter; Qwen3-1.7B, 8 experts top-4).
+PAPER_COSINES = {
+    "sound|music": (-0.020, 0.029),
+    "speech|music": (0.013, 0.023),
+    "speech|sound": (0.012, 0.028),
+}
+BALANCE_KEYS = ("cv", "max_over_mean", "dead_experts", "load_entropy_normalized", "router_entropy_normalized")
+# The paper's category x expert activation cells: "most 41-57%" at a uniform 50%, as multiples of uniform.
+PAPER_CELL_BAND = (0.41 / 0.50, 0.57 / 0.50)
+# The paper's look-ahead influence of a speech update (dense vs MoE; None: not reported).
+PAPER_INFLUENCE = {"speech->music": (-0.117, None), "speech->sound": (-0.045, 0.056)}
 
 
 @dataclass(frozen=True)
@@ -483,6 +505,10 @@ def run_demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
         gc.collect()
         t = lap(f"arm_{arm}", t)
 
+    held_out = [r for split in ANALYSIS_SPLITS for r in read_manifest(corpus_dir / f"{split}.jsonl")]
+    analysis = analyze_arms(arms, held_out, cache_dir, out / "analysis")
+    t = lap("analysis", t)
+
     report = {
         "scale": "toy",
         "quick": quick,
@@ -496,6 +522,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
         "llm_choice": llm_choice,
         "trim_to_clip": trim,
         "arms": arms,
+        "analysis": analysis,
         "timings": timings,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "peak_rss_gib": round(peak_rss_gib(), 2),
@@ -504,6 +531,285 @@ def run_demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "report.md").write_text(render_markdown(report))
     return report
+
+
+# --------------------------------------------------------------------------------------------------- analysis
+def cached_loader(
+    cache_dir: Path, records: Sequence[AudioRecord]
+) -> Callable[[str | Path], tuple[nn.Module, Collate]]:
+    """A checkpoint loader for :func:`analyze_checkpoints` whose batches read the demo's frozen-encoder
+    feature cache (the encoder is frozen in every arm, so its outputs are computed once and shared)."""
+
+    def load(checkpoint: str | Path) -> tuple[nn.Module, Collate]:
+        model = AudioLanguageModel.from_pretrained(checkpoint)
+        cache = FeatureCache(cache_dir, model)
+        cache.ensure([r.audio for r in records], progress=False)
+        batcher = RecordBatcher(records, model.processor, cache=cache)
+        return model, lambda chunk: batcher.batch(chunk, [r.instruction for r in chunk])
+
+    return load
+
+
+def analyze_arms(
+    arms: dict[str, Any], records: Sequence[AudioRecord], cache_dir: Path, out_dir: Path
+) -> dict[str, Any]:
+    """Gradient conflict, routing and balance of every trained arm on ``records``; plots and ``analysis.json``
+    go to ``out_dir``. Returns the summary kept in ``report.json`` (plot paths relative to the report)."""
+    started = time.perf_counter()
+    result = analyze_checkpoints(
+        [a["model_dir"] for a in arms.values()], records, out_dir, labels=list(arms), config=ANALYSIS,
+        loader=cached_loader(cache_dir, records),
+    )  # fmt: skip
+    summary = analysis_summary(result, dense=[n for n in arms if n != "moe"])
+    summary.update(
+        records=len(records),
+        splits=list(ANALYSIS_SPLITS),
+        seconds=round(time.perf_counter() - started, 1),
+        plots={name: f"{out_dir.name}/{file}" for name, file in result["plots"].items()},
+    )
+    return summary
+
+
+def analysis_summary(result: dict[str, Any], dense: list[str], moe: str = "moe") -> dict[str, Any]:
+    """The numbers the report shows, from an ``analysis.json`` dict, and the paper's claims checked on them.
+
+    dense: labels of the dense arms the MoE (label ``moe``) is compared with."""
+    routing = {label: m["routing"] for label, m in result["models"].items() if m["routing"]}
+    nmi = {
+        label: {
+            attr: {
+                "nmi": value,
+                "chance": r["nmi_chance"][attr],
+                "coverage": _coverage(r["activation"][attr]),
+            }
+            for attr, value in r["nmi"].items()
+        }
+        for label, r in routing.items()
+    }
+    balance = {label: {k: r["balance"][k] for k in BALANCE_KEYS} for label, r in routing.items()}
+    for label, r in routing.items():
+        cells = _category_cells(r["activation"].get("category"))
+        if cells:
+            balance[label]["category_cells"] = cells
+    summary = {
+        "conflict_ratio": result["conflict_ratio"],
+        "conflict_ratio_task_group": result["conflict_ratio_task_group"],
+        "mean_cosine": result["mean_cosine"].get("category", {}),
+        "influence": result["influence"],
+        "probe_batches": {label: _probe_batches(m) for label, m in result["models"].items()},
+        "nmi": nmi,
+        "balance": balance,
+        "paper": {"mean_cosine": PAPER_COSINES, "influence": PAPER_INFLUENCE},
+        "config": result["config"],
+    }
+    summary["claims"] = paper_claims(summary, dense, moe)
+    return summary
+
+
+def _category_cells(table: dict[str, Any] | None) -> dict[str, float] | None:
+    """Range of the speech / sound / music x expert activation rates and the share inside the paper's band."""
+    rows = (
+        []
+        if table is None
+        else [r for v, r in zip(table["values"], table["rates"]) if v in ANALYSIS.categories]
+    )
+    cells = [x for row in rows for x in row]
+    if not cells:
+        return None
+    low, high = (bound * table["uniform"] for bound in PAPER_CELL_BAND)
+    return {
+        "min": min(cells),
+        "max": max(cells),
+        "uniform": table["uniform"],
+        "share_in_paper_band": round(sum(low <= x <= high for x in cells) / len(cells), 3),
+    }
+
+
+def _probe_batches(model: dict[str, Any]) -> int | None:
+    """Probe batches per audio category that entered one model's gradient report (None: not measured)."""
+    report = model["gradients"].get("category")
+    return report["selections"][WHOLE]["num_batches"] if report else None
+
+
+def _coverage(activation: dict[str, Any]) -> float:
+    """Share of routed frames whose clip has the attribute (missing values are ``"?"``)."""
+    frames = dict(zip(activation["values"], activation["frames"]))
+    total = sum(frames.values())
+    return round(1 - frames.get("?", 0) / total, 3) if total else 0.0
+
+
+def paper_claims(summary: dict[str, Any], dense: list[str], moe: str) -> list[dict[str, Any]]:
+    """Each analysis claim of the paper: what it says, what this run measured, and whether it holds here
+    (``reproduces``: True / False, None when this run could not measure it)."""
+    ratio, cosine, influence = summary["conflict_ratio"], summary["mean_cosine"], summary["influence"]
+    claims: list[dict[str, Any]] = []
+
+    def claim(text: str, paper: str, here: str, holds: bool | None) -> None:
+        claims.append({"claim": text, "paper": paper, "here": here, "reproduces": holds})
+
+    known = [n for n in dense if ratio.get(n) is not None]
+    if ratio.get(moe) is not None and known:
+        claim(
+            "the MoE adapter has a lower gradient conflict ratio between audio categories than a dense one",
+            "lower conflict (all MoE cosines positive, one dense pair negative)",
+            ", ".join(f"{n} {ratio[n]:.2f}" for n in known + [moe]),
+            all(ratio[moe] < ratio[n] for n in known),
+        )
+    pairs = [p for p in PAPER_COSINES if cosine.get(p, {}).get(moe) is not None]
+    if pairs:
+        claim(
+            "the MoE's gradient cosines between audio categories are all positive",
+            ", ".join(f"{_pair(p)} {PAPER_COSINES[p][1]:+.3f}" for p in PAPER_COSINES),
+            ", ".join(f"{_pair(p)} {cosine[p][moe]:+.3f}" for p in pairs),
+            all(cosine[p][moe] > 0 for p in pairs),
+        )
+        wins = {
+            n: sum(cosine[p].get(n) is not None and cosine[p][moe] > cosine[p][n] for p in pairs)
+            for n in dense
+        }
+        claim(
+            "the MoE's cosine exceeds the dense adapter's on every category pair",
+            "3 of 3 pairs",
+            ", ".join(f"vs {n}: {w} of {len(pairs)}" for n, w in wins.items()),
+            all(w == len(pairs) for w in wins.values()),
+        )
+    if moe in influence and all(n in influence for n in dense):
+        hurt = {n: (influence[n]["speech->music"], influence[n]["speech->sound"]) for n in dense}
+        claim(
+            "a speech update hurts music and sound in a dense adapter (signs compared: the size scales with "
+            f"the step, {summary['config']['influence_lr']} here, not known for the paper)",
+            "speech→music −0.117, speech→sound −0.045",
+            "; ".join(f"{n}: {music:+.4f}, {sound:+.4f}" for n, (music, sound) in hurt.items()),
+            all(music < 0 and sound < 0 for music, sound in hurt.values()),
+        )
+        claim(
+            "a speech update helps sound in the MoE adapter",
+            "speech→sound +0.056",
+            f"speech→sound {influence[moe]['speech->sound']:+.4f}",
+            influence[moe]["speech->sound"] > 0,
+        )
+    category = summary["nmi"].get(moe, {}).get("category")
+    if category:
+        claim(
+            "expert choice depends on the audio category (rule here: NMI ≥ 0.05 and ≥ 10× its shuffled "
+            "level)",
+            "category-dependent activation heat map (no NMI reported)",
+            f"NMI {category['nmi']:.3f} vs chance {category['chance']:.4f}",
+            category["nmi"] >= 0.05 and category["nmi"] >= 10 * category["chance"],
+        )
+    balance = summary["balance"].get(moe)
+    if balance and "category_cells" in balance:
+        claim(
+            "with the balance loss the load stays balanced (rule here: no dead expert, max/mean < 1.5)",
+            "balanced with the loss; without it two experts take 97–98% of tokens",
+            f"max/mean {balance['max_over_mean']:.2f}, CV {balance['cv']:.2f}, "
+            f"dead experts {balance['dead_experts'] or 'none'}",
+            not balance["dead_experts"] and balance["max_over_mean"] < 1.5,
+        )
+        cells = balance["category_cells"]
+        in_band = cells["share_in_paper_band"]
+        claim(
+            "per category, most experts are active near the uniform level k/E (rule here: most speech / "
+            "sound / music × expert cells within the paper's 41–57% band scaled to this k/E)",
+            "most cells 41–57% at a uniform 50%",
+            f"cells {cells['min']:.0%}–{cells['max']:.0%} at a uniform {cells['uniform']:.0%}, {in_band:.0%} "
+            "of them in the band" + (" (routing is more category-specific here)" if in_band < 0.5 else ""),
+            in_band >= 0.5,
+        )
+    return claims
+
+
+def _pair(key: str) -> str:
+    """``"sound|music"`` -> ``"Sound–Music"``."""
+    return "–".join(part.capitalize() for part in key.split("|"))
+
+
+def analysis_markdown(analysis: dict[str, Any], names: list[str], moe: str = "moe") -> list[str]:
+    """The report's Analysis section: tables against the paper's figures, the claims checked, the plots."""
+    order = [n for n in names if n != moe] + [moe]
+    cfg = analysis["config"]
+    header = ["| " + " | ".join(order) + " | paper dense | paper MoE |", "|---|" + "---|" * (len(order) + 2)]
+    lines = [
+        "",
+        "## Analysis: gradient conflict, expert specialisation, balance",
+        "",
+        f"Measured on the trained arms with the {analysis['records']} held-out clips of "
+        f"{' + '.join(analysis['splits'])} ({analysis['seconds']:.0f} s): gradients of the LM loss w.r.t. "
+        f"each adapter's parameters on up to {cfg['probe_batches']} probe batches of "
+        f"{cfg['probe_batch_size']} clips per audio category (speech / sound / music; mixtures left out) "
+        f"and per task group (here {analysis['probe_batches'].get(moe)} batches per category), cosine "
+        "averaged over batches; conflict ratio = share of negative (batch, pair) cosines; influence = "
+        "1 − L_b(after one SGD step on a) / L_b(before). Every number: `analysis/analysis.json`.",
+        "",
+        "| gradient cosine " + header[0],
+        header[1],
+    ]
+    for pair, (dense_ref, moe_ref) in PAPER_COSINES.items():
+        cells = [_num(analysis["mean_cosine"].get(pair, {}).get(n), "+.3f") for n in order]
+        lines.append(f"| {_pair(pair)} | " + " | ".join(cells) + f" | {dense_ref:+.3f} | {moe_ref:+.3f} |")
+    for key, title in (
+        ("conflict_ratio", "conflict ratio (categories)"),
+        ("conflict_ratio_task_group", "conflict ratio (task groups)"),
+    ):
+        lines.append(
+            f"| {title} | " + " | ".join(_num(analysis[key].get(n), ".2f") for n in order) + " | – | – |"
+        )
+    influence = analysis["influence"]
+    if influence:
+        lines += ["", "| influence of a speech update " + header[0], header[1]]
+        for key, refs in PAPER_INFLUENCE.items():
+            cells = [_num(influence.get(n, {}).get(key), "+.4f") for n in order]
+            cells += [_num(r, "+.3f") for r in refs]
+            lines.append(f"| {key.replace('->', ' → ')} | " + " | ".join(cells) + " |")
+    nmi = analysis["nmi"].get(moe, {})
+    if nmi:
+        lines += [
+            "",
+            f"NMI between each frame's top-1 expert ({moe}) and each attribute, against the same after "
+            "shuffling the attribute over frames (chance). Attributes that only some clips have "
+            "(coverage < 1; the rest are `?`) also carry the audio category.",
+            "",
+            "| attribute | NMI | chance | × chance | coverage |",
+            "|---|---|---|---|---|",
+        ]
+        for attr, v in sorted(nmi.items(), key=lambda kv: -kv[1]["nmi"]):
+            times = f"{v['nmi'] / v['chance']:.0f}" if v["chance"] > 0 else "–"
+            lines.append(f"| {attr} | {v['nmi']:.3f} | {v['chance']:.4f} | {times} | {v['coverage']:.2f} |")
+    for label, b in analysis["balance"].items():
+        cells = b.get("category_cells")
+        lines += [
+            "",
+            f"Load balance ({label}): CV {_num(b['cv'], '.3f')}, max/mean {_num(b['max_over_mean'], '.2f')}, "
+            f"dead experts {b['dead_experts'] or 'none'}, load entropy "
+            f"{_num(b['load_entropy_normalized'], '.3f')} of the maximum, router entropy "
+            f"{_num(b['router_entropy_normalized'], '.3f')} of the maximum"
+            + (
+                f"; category × expert activation {cells['min']:.0%}–{cells['max']:.0%} at a uniform "
+                f"{cells['uniform']:.0%}."
+                if cells
+                else "."
+            ),
+        ]
+    verdicts = {True: "**reproduces**", False: "**does not reproduce**", None: "not measured"}
+    lines += ["", "### Does this run reproduce the paper's analysis claims?", ""]
+    lines += [
+        f"- {verdicts[c['reproduces']]}: {c['claim']}. Here: {c['here']}. Paper: {c['paper']}."
+        for c in analysis["claims"]
+    ]
+    lines += [
+        "",
+        "Toy scale, one seed, a few probe batches: the cosines are of the paper's size (a few "
+        "hundredths) and their sampling error is not measured, so a difference of a few hundredths in "
+        "either direction is not evidence for or against the paper; routing figures (NMI against its "
+        "chance level, balance) rest on every held-out frame and are firmer.",
+        "",
+    ]
+    lines += [f"![{name}]({path})" for name, path in analysis["plots"].items()]
+    return lines
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
 
 
 def verdict(arms: dict[str, Any]) -> dict[str, Any]:
@@ -579,6 +885,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             f"| {n} | {t} | {g['audio']:.3f} | {g['text']:.3f} | {g['gap']:+.3f} |" for n, t, g in gap_rows
         ]
+    if report.get("analysis"):
+        lines += analysis_markdown(report["analysis"], names)
     lines += llm_choice_markdown(report["llm_choice"])
     trim = report["trim_to_clip"]
     lines += [
