@@ -103,6 +103,26 @@ class Adapter(nn.Module):
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> AdapterOutput:
         raise NotImplementedError
 
+    def validate_input(self, features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Check ``features (B, T, C)`` against the contract and return the bool mask ``(B, T)`` (all valid when
+        ``mask`` is None), so a wrong shape fails here with the fix named rather than deep inside a matmul."""
+        if features.dim() != 3:
+            raise ValueError(
+                f"adapter input must be (batch, frames, channels); got shape {tuple(features.shape)}"
+            )
+        if features.shape[-1] != self.input_dim:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.input_dim}-dim features, got {features.shape[-1]}; "
+                "set adapter.input_dim to the encoder's hidden size"
+            )
+        if mask is None:
+            return torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        if mask.shape != features.shape[:2]:
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} does not match features {tuple(features.shape[:2])}"
+            )
+        return mask.bool()
+
     def active_parameters(self) -> int:
         """Parameters touched per token; equals the total for dense adapters."""
         return sum(p.numel() for p in self.parameters())

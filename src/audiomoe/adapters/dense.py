@@ -19,28 +19,6 @@ from audiomoe.adapters.layers import build_feedforward
 from audiomoe.config import ConfigError
 
 
-def _full_mask(features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if features.dim() != 3:
-        raise ValueError(
-            f"adapter input must be (batch, frames, channels); got shape {tuple(features.shape)}"
-        )
-    if mask is None:
-        return torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
-    if mask.shape != features.shape[:2]:
-        raise ValueError(
-            f"mask shape {tuple(mask.shape)} does not match features {tuple(features.shape[:2])}"
-        )
-    return mask.bool()
-
-
-def _check_input_dim(adapter: Adapter, features: torch.Tensor) -> None:
-    if features.shape[-1] != adapter.input_dim:
-        raise ValueError(
-            f"{type(adapter).__name__} expects {adapter.input_dim}-dim features, got {features.shape[-1]}; "
-            "set adapter.input_dim to the encoder's hidden size"
-        )
-
-
 def _front(config: AdapterConfig, fuse_dim: int | None = None) -> DownsampleFront:
     return DownsampleFront(config.downsample, config.downsample_factor, config.input_dim, fuse_dim)
 
@@ -60,8 +38,7 @@ class LinearAdapter(Adapter):
         self.proj = nn.Linear(self.front.output_dim, config.output_dim)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> AdapterOutput:
-        _check_input_dim(self, features)
-        x, out_mask = self.front(features, _full_mask(features, mask))
+        x, out_mask = self.front(features, self.validate_input(features, mask))
         return self.dense_output(self.proj(x), out_mask)
 
 
@@ -95,8 +72,7 @@ class MLPAdapter(Adapter):
         self.norm_out = nn.LayerNorm(config.output_dim) if config.post_norm else nn.Identity()
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> AdapterOutput:
-        _check_input_dim(self, features)
-        x, out_mask = self.front(features, _full_mask(features, mask))
+        x, out_mask = self.front(features, self.validate_input(features, mask))
         return self.dense_output(self.norm_out(self.mlp(self.norm_in(x))), out_mask)
 
 
@@ -122,8 +98,7 @@ class ConvAdapter(Adapter):
         )
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> AdapterOutput:
-        _check_input_dim(self, features)
-        x, out_mask = self.front(features, _full_mask(features, mask))
+        x, out_mask = self.front(features, self.validate_input(features, mask))
         return self.dense_output(self.mlp(x), out_mask)
 
 
@@ -169,9 +144,9 @@ class QFormerAdapter(Adapter):
         return torch.div(tokens + c.window - 1, c.window, rounding_mode="floor") * c.num_queries
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> AdapterOutput:
-        _check_input_dim(self, features)
         c = self.config
-        x, fmask = self.front(features, _full_mask(features, mask))
+        mask = self.validate_input(features, mask)
+        x, fmask = self.front(features, mask)
         b, t, _ = x.shape
         pad = (-t) % c.window
         x = F.pad(self.in_proj(x), (0, 0, 0, pad))
@@ -183,7 +158,5 @@ class QFormerAdapter(Adapter):
         queries = self.queries.unsqueeze(0).expand(b * n_win, -1, -1)
         y = self.blocks(queries, memory, memory_key_padding_mask=key_pad)
         y = self.out_proj(y).reshape(b, n_win * c.num_queries, -1)
-        out_mask = lengths_to_mask(
-            self.output_lengths(mask_to_lengths(_full_mask(features, mask))), y.shape[1]
-        )
+        out_mask = lengths_to_mask(self.output_lengths(mask_to_lengths(mask)), y.shape[1])
         return self.dense_output(y, out_mask)

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from audiomoe.adapters.base import Adapter, AdapterConfig, AdapterOutput, register_adapter
-from audiomoe.adapters.dense import _check_input_dim, _full_mask
 from audiomoe.adapters.front import DownsampleFront
 from audiomoe.adapters.kernels import KERNELS, get_kernel
 from audiomoe.adapters.layers import build_feedforward
@@ -409,9 +408,8 @@ class MoEAdapter(Adapter):
         self.norm_out = nn.LayerNorm(config.output_dim) if needs_norm else nn.Identity()
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> AdapterOutput:
-        _check_input_dim(self, features)
         c = self.config
-        x, out_mask = self.front(features, _full_mask(features, mask))
+        x, out_mask = self.front(features, self.validate_input(features, mask))
         x = self.norm_in(x)
         b, t, _ = x.shape
         layer = self.moe(x[out_mask])  # valid tokens only: padding enters no statistic
