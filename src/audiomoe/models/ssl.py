@@ -27,6 +27,7 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
 )
 
+from audiomoe.adapters.front import lengths_to_mask
 from audiomoe.config import ConfigError
 from audiomoe.models.base import AudioEncoder, EncoderConfig, register_encoder
 
@@ -72,7 +73,7 @@ class SSLAudioEncoder(AudioEncoder):
                 "make them with encoder.feature_extractor"
             )
         lengths = lengths.to(inputs.device).long()
-        sample_mask = torch.arange(inputs.shape[1], device=inputs.device)[None, :] < lengths[:, None]
+        sample_mask = lengths_to_mask(lengths, inputs.shape[1])
         inputs = inputs.to(next(self.model.parameters()).dtype) * sample_mask
         out = self.model(
             input_values=inputs,
@@ -85,7 +86,7 @@ class SSLAudioEncoder(AudioEncoder):
             weights = torch.softmax(self.layer_weights, dim=0).to(out.last_hidden_state.dtype)
             hidden = torch.einsum("l,lbtc->btc", weights, torch.stack(out.hidden_states))
         frames = self.output_lengths(lengths)
-        mask = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < frames[:, None]
+        mask = lengths_to_mask(frames.to(hidden.device), hidden.shape[1])
         return hidden, mask
 
 

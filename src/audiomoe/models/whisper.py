@@ -28,6 +28,7 @@ from torch import nn
 from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from audiomoe.adapters.front import lengths_to_mask
 from audiomoe.config import ConfigError
 from audiomoe.models.base import AudioEncoder, EncoderConfig, register_encoder
 
@@ -159,7 +160,7 @@ class WhisperAudioEncoder(AudioEncoder):
             x = nn.functional.gelu(enc.conv1(features))
             x = x * (frames[None, :] < lengths[:, None])[:, None, :]
             x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
-            valid = torch.arange(x.shape[1], device=x.device)[None, :] < self.output_lengths(lengths)[:, None]
+            valid = lengths_to_mask(self.output_lengths(lengths), x.shape[1])
             # Additive key mask (N, 1, 1, T_enc): works with eager and sdpa attention alike.
             attn_mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
             attn_mask = attn_mask.masked_fill(~valid, torch.finfo(x.dtype).min)[:, None, None, :]
