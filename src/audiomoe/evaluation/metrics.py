@@ -77,6 +77,41 @@ def _error_rate(predictions: Sequence[str], references: Sequence[str], unit: str
     return {unit: float(value), "n": len(kept), "empty_references": len(pairs) - len(kept)}
 
 
+def error_counts(
+    predictions: Sequence[str], references: Sequence[str], unit: str = "wer"
+) -> list[tuple[int, int]]:
+    """Per-item ``(errors, reference length)`` in words (``unit="wer"``) or characters (``"cer"``), after the
+    same Whisper normalisation as :func:`word_error_rate`.
+
+    Why: the corpus WER is total edits / total reference words, so these pairs are its sufficient statistics: a
+    bootstrap over items can recompute the corpus WER of any resample from them, and
+    ``sum(errors) / sum(words)`` equals ``compute_metric("wer", ...)`` exactly (same integers, same division).
+    Items whose normalised reference is empty are dropped by the corpus metric; they count ``(0, 0)`` here.
+    Returns one pair per input pair, in order.
+    """
+    if unit not in ("wer", "cer"):
+        raise ValueError(f"unit {unit!r} is not 'wer' or 'cer'")
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    norm = whisper_normalizer()
+    pairs = [(norm(p), norm(r)) for p, r in zip(predictions, references)]
+    kept = [i for i, (_, r) in enumerate(pairs) if r.strip()]
+    counts = [(0, 0)] * len(pairs)
+    if not kept:
+        return counts
+    refs, hyps = [pairs[i][1] for i in kept], [pairs[i][0] for i in kept]
+    out = jiwer.process_words(refs, hyps) if unit == "wer" else jiwer.process_characters(refs, hyps)
+    for i, ref, chunks in zip(kept, out.references, out.alignments):
+        edits = 0  # substitutions + deletions (reference spans) + insertions (hypothesis spans)
+        for c in chunks:
+            if c.type == "insert":
+                edits += c.hyp_end_idx - c.hyp_start_idx
+            elif c.type != "equal":
+                edits += c.ref_end_idx - c.ref_start_idx
+        counts[i] = (edits, len(ref))
+    return counts
+
+
 @register_metric("wer", higher_is_better=False)
 def word_error_rate(predictions: Sequence[str], references: Sequence[str], **_: Any) -> dict[str, float]:
     """Corpus WER (total edits / total reference words) after Whisper normalisation."""

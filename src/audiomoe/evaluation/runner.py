@@ -1,9 +1,12 @@
 """Evaluate an LALM on manifest records: batched generation, per-task metrics, task-group and per-attribute
-breakdowns, and the modality gap (same items with the transcript as text in place of the audio).
+breakdowns, per-item scores, and the modality gap (same items with the transcript as text in place of the audio).
 
 Scores. Each task is scored with the metric its registry entry names (``wer`` for transcription, ``accuracy``
 otherwise), answers normalised by the task's own ``normalize``. To average tasks into groups, a task's ``score``
 is its accuracy, or ``max(0, 1 - WER)`` for WER tasks; a group's score is the mean over its tasks.
+
+Items. A report also lists every item's sufficient statistics (``items``, see :func:`score_items`), so that
+:mod:`audiomoe.evaluation.stats` can resample items and recompute every score above exactly.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from tqdm.auto import tqdm
 
 from audiomoe.data.manifest import AudioRecord
 from audiomoe.data.tasks import get_task
-from audiomoe.evaluation.metrics import compute_metric
+from audiomoe.evaluation.metrics import compute_metric, error_counts
 from audiomoe.training.data import RecordBatcher
 
 MAX_ATTRIBUTE_VALUES = 24  # attributes with more distinct values (numbers, sentences) are not broken down
@@ -66,8 +69,41 @@ def task_score(metric: str, scores: dict[str, float]) -> float:
     return max(0.0, 1.0 - scores["wer"]) if metric == "wer" else scores[metric]
 
 
+def score_items(
+    keys: Sequence[str], tasks: Sequence[str], predictions: Sequence[str], answers: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One entry per item, in order: ``{key, task, group, metric}`` plus the item's sufficient statistics.
+
+    WER tasks: ``errors`` and ``words`` (edit distance and reference word count after the same two
+    normalisations as the task-level WER), so that a task's ``sum(errors) / sum(words)`` is its corpus WER
+    exactly. Other tasks: ``correct`` (0 / 1, exact match after the task's ``normalize``), whose mean is the
+    task's accuracy.
+    """
+    if not len(keys) == len(tasks) == len(predictions) == len(answers):
+        raise ValueError(
+            f"{len(keys)} keys, {len(tasks)} tasks, {len(predictions)} predictions, {len(answers)} answers"
+        )
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, name in enumerate(tasks):
+        by_task[name].append(i)
+    items: list[dict[str, Any]] = [{} for _ in keys]
+    for name, indices in by_task.items():
+        task = get_task(name)
+        for i in indices:
+            items[i] = {"key": keys[i], "task": name, "group": task.group, "metric": task.metric}
+        preds = [task.normalize(predictions[i]) for i in indices]
+        refs = [task.normalize(answers[i]) for i in indices]
+        if task.metric == "wer":
+            for i, (errors, words) in zip(indices, error_counts(preds, refs, "wer")):
+                items[i] |= {"errors": errors, "words": words}
+        else:
+            for i, p, r in zip(indices, preds, refs):
+                items[i]["correct"] = int(p == r)
+    return items
+
+
 def score_predictions(records: Sequence[AudioRecord], predictions: Sequence[str]) -> dict[str, Any]:
-    """Per-task metrics, task-group scores and per-attribute breakdowns of ``predictions``."""
+    """Per-task metrics, task-group scores, per-attribute breakdowns and per-item scores of ``predictions``."""
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, record in enumerate(records):
         by_task[record.task].append(i)
@@ -112,6 +148,9 @@ def score_predictions(records: Sequence[AudioRecord], predictions: Sequence[str]
         "overall": overall,
         "attributes": attributes,
         "n": len(records),
+        "items": score_items(
+            [r.key for r in records], [r.task for r in records], predictions, [r.answer for r in records]
+        ),
     }
 
 
