@@ -11,7 +11,7 @@ Design (a toy LALM training set a tiny LLM can learn in minutes):
 * answers are short labels (or a 2-7 word transcript), instruction paraphrases are drawn per record;
 * pure clips carry ``category`` speech | music | sound; mixtures ``category=mixture`` and ``components``
   (the scene answer, e.g. ``"speech and music"``) plus the attributes of every component and ``snr_db``;
-* splits 80/10/10. The test split uses only held-out voices (except the speaker-identity task, whose labels must
+* splits 80/10/10 by default (``splits=`` to change). The test split uses only held-out voices (except the speaker-identity task, whose labels must
   be known voices) and only held-out sentences; dev draws from the training voices and sentences.
 
 Determinism: clip ``i`` is planned from ``np.random.default_rng([seed, i])`` in the parent process and rendered
@@ -27,6 +27,7 @@ import os
 import shutil
 import time
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,9 @@ from audiomoe.data.tasks import (
 SAMPLING_RATE = 16000
 MIN_DURATION, MAX_DURATION = 1.0, 4.0
 SPLITS: dict[str, float] = {"train": 0.8, "dev": 0.1, "test": 0.1}
+# Bumped whenever the same (n, seed) would render a different corpus, so cached corpora are rebuilt.
+# 2: the training sentences cover every word of the held-out sentences.
+CORPUS_VERSION = 2
 # Tasks the corpus draws per group (audio_qa is for user data only).
 CORPUS_TASKS: dict[str, tuple[str, ...]] = {
     "semantic": ("transcribe", "digit", "keyword"),
@@ -128,6 +132,8 @@ class CorpusSummary:
     cpu_ms_per_clip: float  # rendering CPU time per clip, summed over workers (independent of machine load)
     total_audio_seconds: float
     manifests: dict[str, str] = field(default_factory=dict)
+    splits: dict[str, float] = field(default_factory=lambda: dict(SPLITS))
+    version: int = 0
 
 
 def _pick(rng: np.random.Generator, options) -> object:
@@ -138,11 +144,11 @@ def _uniform_int(rng: np.random.Generator, lo_hi: tuple[int, int]) -> int:
     return int(rng.integers(lo_hi[0], lo_hi[1] + 1))
 
 
-def _assign(n: int, seed: int) -> tuple[list[str], list[str]]:
+def _assign(n: int, seed: int, fractions: Mapping[str, float] = SPLITS) -> tuple[list[str], list[str]]:
     """Exactly balanced split and task lists of length n (balanced groups, then tasks within each group)."""
     rng = np.random.default_rng([seed, 1 << 30])
     splits = []
-    for name, frac in SPLITS.items():
+    for name, frac in fractions.items():
         splits += [name] * int(round(frac * n))
     splits = (splits + ["train"] * n)[:n]
     splits = [splits[i] for i in rng.permutation(n)]
@@ -357,19 +363,33 @@ def _write_summary(summary: CorpusSummary, out: Path) -> None:
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
-def build_corpus(out_dir: str | Path, n: int, seed: int = 0, workers: int | None = None) -> CorpusSummary:
+def build_corpus(
+    out_dir: str | Path,
+    n: int,
+    seed: int = 0,
+    workers: int | None = None,
+    splits: Mapping[str, float] | None = None,
+) -> CorpusSummary:
     """Make ``n`` clips under ``out_dir`` (see the module docstring); returns the summary that was written.
 
-    ``workers``: processes (default: all CPUs). Raises SynthesisError (a ValueError) when espeak-ng is missing.
+    ``workers``: processes (default: all CPUs). ``splits``: share of each of train / dev / test (default
+    :data:`SPLITS`). Raises SynthesisError (a ValueError) when espeak-ng is missing.
     """
     if n < len(TASK_GROUPS):
         raise ValueError(f"--n must be at least {len(TASK_GROUPS)} (one clip per task group), got {n}")
+    fractions = dict(SPLITS if splits is None else splits)
+    if (
+        set(fractions) != set(SPLITS)
+        or any(f < 0 for f in fractions.values())
+        or abs(sum(fractions.values()) - 1) > 1e-6
+    ):
+        raise ValueError(f"splits must give train, dev and test shares >= 0 that sum to 1, got {fractions}")
     require_espeak()
     out = Path(out_dir)
     _prepare_out_dir(out)
     start = time.perf_counter()
-    splits, tasks = _assign(n, seed)
-    plans = [plan_clip(i, seed, splits[i], tasks[i]) for i in range(n)]
+    split_of, tasks = _assign(n, seed, fractions)
+    plans = [plan_clip(i, seed, split_of[i], tasks[i]) for i in range(n)]
     workers = max(1, workers or os.cpu_count() or 1)
     samples: dict[int, int] = {}
     # Grouped by voice so each worker's voice server is reused (results are keyed by index: order is free).
@@ -405,6 +425,8 @@ def build_corpus(out_dir: str | Path, n: int, seed: int = 0, workers: int | None
         out_dir=str(out),
         n=n,
         seed=seed,
+        splits=fractions,
+        version=CORPUS_VERSION,
         counts={s: _counts(r) for s, r in records.items()},
         held_out_speakers=[f"{s.name} ({s.gender}, {s.accent})" for s in HELD_OUT_SPEAKERS],
         held_out_sentences=list(HELD_OUT_SENTENCES),
