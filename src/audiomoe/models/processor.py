@@ -136,9 +136,16 @@ class AudioLanguageProcessor:
     def extract_features(self, clips: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Clips -> padded features ``(N, n_mels, T)`` / ``(N, S)`` and valid lengths ``(N,)``.
 
-        Each clip is featurised alone (no truncation), so its features do not depend on its batch mates."""
+        Each clip is featurised alone (no truncation), so its features do not depend on its batch mates. Autocast
+        is off here: features are data, not model compute (under a caller's bf16 autocast transformers' Whisper
+        extractor would run its mel matmul in bf16 and fail converting it to numpy, and features would depend on
+        the consumer's precision)."""
         if not clips:
             return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return self._extract(clips)
+
+    def _extract(self, clips: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         window = self.window_seconds
         feats, lengths = [], []
         for k, clip in enumerate(clips):
