@@ -53,7 +53,14 @@ def run(out: str, world: int, rank: int, strategy: str) -> None:
         batches = [order[i : i + PER_RANK * 2] for i in range(0, len(order), PER_RANK * 2)]
         return [b[rank * share : (rank + 1) * share] for b in batches]
 
-    overrides = [f"out_dir={out}", "steps=6", "progress=false", "checkpoint_every=3", f"strategy={strategy}"]
+    overrides = [
+        f"out_dir={out}",
+        "steps=6",
+        "progress=false",
+        "checkpoint_every=3",
+        f"strategy={strategy}",
+        "precision=fp32",
+    ]
     config = load_train_config(None, [*overrides, "schedule.warmup_steps=2", "optim.lr=0.05"])
     seed_everything(0)
     trainer = Trainer(config, Toy(), BatchStream(plan, lambda i: {"x": X[list(i)], "y": Y[list(i)]}))

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from audiomoe import runtime
 from audiomoe.adapters import build_adapter
 from audiomoe.adapters.moe import MoELayer
 
@@ -213,12 +214,20 @@ def bench_shape(shape: Shape, repeats: int = 7, warmup: int = 2, dtype: torch.dt
     return out
 
 
-def run_benchmark(shapes: list[str] | None = None, repeats: int = 7, dtype: str = "float32") -> dict:
+def run_benchmark(shapes: list[str] | None = None, repeats: int = 7, dtype: str = "auto") -> dict:
+    """``dtype`` ``auto`` is bfloat16 where this machine runs bf16 natively (:func:`audiomoe.runtime.bf16_native`),
+    else float32: an emulated bf16 would time the emulation, not the adapter."""
     chosen = [s for s in SHAPES if shapes is None or s.name in shapes]
     if not chosen:
         raise ValueError(f"no such shape; choose from {[s.name for s in SHAPES]}")
+    if dtype == "auto":
+        dtype = "bfloat16" if runtime.resolve_precision("auto", "cpu") == "bf16" else "float32"
+    capability, _ = runtime.cpu_bf16_flags()
     return {
         "torch": torch.__version__,
+        "cpu_model": runtime.cpu_model(),
+        "cpu_capability": capability,
+        "dtype": dtype,
         "threads": torch.get_num_threads(),
         "repeats": repeats,
         "shapes": {s.name: bench_shape(s, repeats=repeats, dtype=getattr(torch, dtype)) for s in chosen},

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from audiomoe.config import ConfigError, load_config
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Strategy = Literal["auto", "ddp", "fsdp"]
 
 
@@ -83,7 +83,9 @@ class TrainConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     steps: int = 100
     grad_accum: int = 1
-    precision: Precision = "fp32"  # bf16/fp16 autocast on GPU; bf16 also on CPU (fp16 needs a GPU)
+    # auto = bf16 where this machine runs it natively (GPU, or CPU with AVX512-BF16/AMX), else fp32; the trainer
+    # resolves it once and RUN/config.yaml records what ran. fp16 needs a GPU.
+    precision: Precision = "auto"
     seed: int = 0
     out_dir: str = "runs/default"
     log_every: int = 1

@@ -149,7 +149,9 @@ class FeatureCache:
         for begin in range(0, len(order), self.batch_size):
             keys = order[begin : begin + self.batch_size]
             features, lengths = self.model.processor.extract_features([waves[k] for k in keys])
-            hidden, mask = self.model.encode_audio(features.to(device), lengths)
+            # fp32 whatever autocast the caller runs under: the cache's identity does not include a precision
+            with torch.autocast(device.type, enabled=False):
+                hidden, mask = self.model.encode_audio(features.to(device), lengths)
             hidden = hidden.float().cpu().numpy()
             valid = mask.sum(-1).tolist()
             for i, key in enumerate(keys):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from audiomoe.config import from_dict, load_config, to_dict
 from audiomoe.data.manifest import AudioRecord, read_manifest
 from audiomoe.data.sampler import BucketBatchSampler
@@ -137,9 +139,8 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         settings = GenerationSettings(batch_size=config.data.eval_batch_size, progress=False)
 
         def evaluate(unwrapped: Any) -> dict[str, float]:
-            report = score_predictions(
-                dev_records, generate_answers(unwrapped, dev_batcher, dev_records, settings)
-            )
+            predictions = generate_answers(unwrapped, dev_batcher, dev_records, settings)
+            report = score_predictions(dev_records, predictions)
             return {"dev_score": report["overall"], **{f"dev_{g}": s for g, s in report["groups"].items()}}
 
     tracker = None
@@ -176,6 +177,9 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
             "steps": result.step,
             "final_loss": result.last_loss,
             "train_seconds": round(result.train_seconds, 2),
+            # what train_seconds was measured with ("auto" resolved on this machine)
+            "precision": trainer.precision,
+            "threads": torch.get_num_threads(),
             "params": model.param_summary(),
             "feature_cache": str(cache.dir) if cache is not None else None,
             "train_items": len(train_records),

@@ -15,6 +15,7 @@ TensorBoard when installed); checkpoints are atomic and carry everything needed 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -30,6 +31,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from tqdm.auto import tqdm
 
+from audiomoe import runtime
 from audiomoe.adapters.moe import attach_router_bias_update
 from audiomoe.analysis.gradients import GradientConflictTracker
 from audiomoe.config import ConfigError, save_yaml
@@ -101,15 +103,6 @@ def items_in(batch: Any) -> int:
     return 0
 
 
-def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision=fp16 needs a GPU; use bf16 (or fp32) on CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 @dataclass
 class TrainResult:
     step: int
@@ -132,10 +125,16 @@ class Trainer:
         device: torch.device | None = None,
         tracker: GradientConflictTracker | None = None,
     ) -> None:
-        self.config = config
         self.env = env or DistEnv.from_env()
         self.device = device or default_device(self.env)
         init_distributed(self.env, self.device)
+        # "auto" is decided once, from this machine; the run's config.yaml records the precision that ran.
+        self.precision = runtime.resolve_precision(config.precision, self.device)
+        # On CPU the verdict comes from a timing probe in each process: bf16 only if every rank found it native.
+        probed = config.precision == "auto" and self.device.type == "cpu"
+        if probed and sum_across_ranks(float(self.precision == "bf16"), self.env) < self.env.world_size:
+            self.precision = "fp32"
+        self.config = config = dataclasses.replace(config, precision=self.precision)
         self.stream = stream
         self.evaluate = evaluate
         self.count_frames = count_frames
@@ -161,7 +160,7 @@ class Trainer:
                 s, config.steps, config.schedule.warmup_steps, config.schedule.min_lr_ratio
             ),
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step = 0
         self.train_seconds = 0.0
         self._tb: Any = None
@@ -261,7 +260,7 @@ class Trainer:
             model = unwrap(self.model)
             was_training = model.training
             model.eval()
-            with torch.no_grad(), autocast_context(self.config.precision, self.device):
+            with torch.no_grad(), runtime.autocast(self.precision, self.device):
                 results = dict(self.evaluate(model))
             model.train(was_training)
             self.log({"step": self.step, "split": "dev", **results})
@@ -289,7 +288,7 @@ class Trainer:
         self._open_logs(self.step)
 
         self.model.train()
-        autocast = autocast_context(cfg.precision, self.device)
+        autocast = runtime.autocast(self.precision, self.device)
         bar = tqdm(
             total=cfg.steps,
             initial=self.step,

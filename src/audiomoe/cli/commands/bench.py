@@ -1,4 +1,5 @@
-"""``audiomoe bench adapter``: adapter speed benchmark (see audiomoe.benchmarks.adapter_speed)."""
+"""``audiomoe bench adapter`` (adapter speed, see audiomoe.benchmarks.adapter_speed) and ``audiomoe bench
+contention`` (training speed with one core busy, see audiomoe.benchmarks.contention)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--json", type=Path, help="write the full results here")
     a.add_argument("--shape", action="append", help="only these shapes (repeatable)")
     a.add_argument("--repeats", type=int, default=7)
-    a.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    a.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="auto: bfloat16 where this machine runs bf16 natively, else float32",
+    )
     a.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     a.set_defaults(func=run_adapter)
+    c = which.add_parser(
+        "contention",
+        help="tiny-LALM training steps/s quiet vs one busy core: default thread policy vs 2 spinning threads",
+    )
+    c.add_argument("--json", type=Path, help="write the full results here")
+    c.add_argument("--steps", type=int, default=5, help="training steps per phase")
+    c.add_argument("--repeats", type=int, default=3, help="quiet/loaded phase pairs per policy")
+    c.add_argument(
+        "--phase-seconds", type=float, default=2.5, help="cap on one phase (at least one step runs)"
+    )
+    c.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    c.add_argument(
+        "--preset",
+        default="tiny",
+        help="model preset (whisper-tiny-en: the CPU demo's size, needs its weights)",
+    )
+    c.set_defaults(func=run_contention)
 
 
 def run_adapter(args: argparse.Namespace) -> int:
@@ -29,6 +52,17 @@ def run_adapter(args: argparse.Namespace) -> int:
 
     result = run_benchmark(args.shape, repeats=args.repeats, dtype=args.dtype)
     print(format_table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def run_contention(args: argparse.Namespace) -> int:
+    from audiomoe.benchmarks.contention import format_report, run_benchmark
+
+    result = run_benchmark(args.steps, args.repeats, args.phase_seconds, args.precision, preset=args.preset)
+    print(format_report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+from audiomoe import runtime
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N items (0 = all)")
     parser.add_argument("--on-bad-line", choices=["fail", "skip"], default="fail")
     parser.add_argument("--feature-cache", default="", help="reuse/fill a frozen-encoder feature cache here")
+    runtime.add_runtime_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -53,13 +57,19 @@ def run(args: argparse.Namespace) -> int:
 
     model_dir = resolve_model_dir(args.checkpoint)
     options = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "limit": args.limit}
-    if args.mcq:
-        report = evaluate_mcq(model_dir, args.mcq, **options)
-    else:
-        report = evaluate_manifests(
-            model_dir, args.manifest, modality=args.modality_gap, on_bad_line=args.on_bad_line,
-            feature_cache=args.feature_cache, **options,
-        )  # fmt: skip
+    threads = runtime.configure_threads(args.threads)
+    device = runtime.default_device()  # where evaluation puts the model
+    precision = runtime.resolve_precision(args.precision, device)
+    print(f"eval: precision {precision}, threads {threads}, {device}", file=sys.stderr)
+    with runtime.autocast(precision, device):
+        if args.mcq:
+            report = evaluate_mcq(model_dir, args.mcq, **options)
+        else:
+            report = evaluate_manifests(
+                model_dir, args.manifest, modality=args.modality_gap, on_bad_line=args.on_bad_line,
+                feature_cache=args.feature_cache, **options,
+            )  # fmt: skip
+    report["runtime"] = {"precision": precision, "threads": threads, "device": str(device)}
     print(report["markdown"])
     if args.markdown:
         Path(args.markdown).write_text(report["markdown"])

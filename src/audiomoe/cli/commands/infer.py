@@ -12,6 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from audiomoe import runtime
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0, help="random seed for --sample")
     parser.add_argument("--json", type=Path, default=None, help="also write the answers to this JSON file")
+    runtime.add_runtime_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -39,18 +42,21 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1:
         raise ValueError("--max-new-tokens must be >= 1")
+    runtime.configure_threads(args.threads)
+    precision = runtime.resolve_precision(args.precision, "cpu")  # the model stays on the CPU here
     model = AudioLanguageModel.from_pretrained(args.checkpoint)
     rate = model.processor.config.sampling_rate
     clips = [load_audio(path, sampling_rate=rate) for path in args.audio]
     batch = model.processor([args.prompt] * len(clips), [[clip] for clip in clips])
     torch.manual_seed(args.seed)
-    answers = model.generate(
-        **batch,
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-    )
+    with runtime.autocast(precision, "cpu"):
+        answers = model.generate(
+            **batch,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_p=args.top_p,
+        )
     records = [{"audio": str(p), "prompt": args.prompt, "answer": a} for p, a in zip(args.audio, answers)]
     for record in records:
         print(f"{record['audio']}: {record['answer']}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from audiomoe import runtime
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -24,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
     )
+    # precision comes from the config (precision=auto|fp32|bf16|fp16), as every training setting does
+    runtime.add_runtime_arguments(parser, precision=False)
     parser.set_defaults(func=run)
 
 
@@ -32,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from audiomoe.training.run import train
 
     config = load_train_config(args.config, args.overrides)
+    runtime.configure_threads(args.threads)  # per torchrun rank: the idle cores are shared among local ranks
     result = train(config, resume=args.resume)
     if result.summary:
         print(f"trained {result.summary['steps']} steps in {result.summary['train_seconds']:.1f} s; "
