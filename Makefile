@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.audiomoe-installed
 SYSDEPS_STAMP := $(VENV)/.sysdeps
 
-.PHONY: install install-real test lint format demo demo-quick bench clean
+.PHONY: install install-real test lint format demo demo-quick experiment bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: lint
 
 demo: install
 	$(VENV)/bin/audiomoe demo --out demo-out
+
+# The longer real recipe: real Whisper tiny.en + real SmolLM2-135M-Instruct (LoRA), MoE vs matched dense, 3 seeds.
+experiment: install-real
+	$(VENV)/bin/audiomoe demo --out experiment-out --profile experiment
 
 demo-quick: install
 	$(VENV)/bin/audiomoe demo --out demo-out-quick --quick

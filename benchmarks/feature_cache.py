@@ -24,7 +24,7 @@ from audiomoe.data.manifest import read_manifest
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.models.presets import build_preset
 from audiomoe.training.data import RecordBatcher
-from audiomoe.training.demo import DEMO_LLM
+from audiomoe.recipes.demo.settings import FULL
 from audiomoe.training.feature_cache import FeatureCache
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     if args.encoder:
         overrides["encoder"] = {"path": args.encoder}
     if args.llm == "demo":
-        overrides["llm"] = {"config": {**build_preset(args.preset, "mlp").llm.config, **DEMO_LLM}}
+        overrides["llm"] = {"config": {**build_preset(args.preset, "mlp").llm.config, **FULL.llm}}
     torch.manual_seed(0)
     model = AudioLanguageModel(build_preset(args.preset, "mlp", **overrides)).train()
     records = read_manifest(args.manifest)[: args.batch_size * (args.steps + 2)]

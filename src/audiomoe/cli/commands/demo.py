@@ -1,8 +1,11 @@
 """``audiomoe demo``: corpus -> frozen real Whisper tiny.en (cached features) -> small LLM -> linear / mlp / MoE /
-dense-twin adapters at matched parameters -> ``DIR/report.md`` and ``DIR/report.json``. What ``make demo`` runs.
+dense-twin adapters at matched parameters, several seeds -> ``DIR/report.md`` and ``DIR/report.json`` with
+intervals and paired tests. What ``make demo`` runs.
 
-    audiomoe demo --out demo-out            # the full toy demo (about 15 min on 2 CPU cores)
-    audiomoe demo --out demo-out --quick    # a smoke test of the same pipeline (tiny random encoder)
+    audiomoe demo --out demo-out              # the full toy demo, 3 seeds per arm
+    audiomoe demo --out demo-out --seeds 5    # more seeds: tighter intervals, longer run
+    audiomoe demo --out demo-out --quick      # a smoke test of the same pipeline (tiny random encoder, 3 seeds)
+    audiomoe demo --out experiment-out --profile experiment   # real SmolLM2-135M (LoRA): make experiment
 """
 
 from __future__ import annotations
@@ -21,13 +24,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny settings: checks the pipeline in a few minutes"
     )
+    parser.add_argument("--seeds", type=int, help="training seeds per arm (default 3)")
+    parser.add_argument(
+        "--workers", type=int, help="arms trained side by side, one thread each (default: one per core)"
+    )
+    parser.add_argument(
+        "--profile",
+        default="full",
+        choices=["full", "quick", "experiment"],
+        help="full: the toy demo; quick: = --quick; experiment: real Whisper tiny.en + SmolLM2-135M, MoE vs dense",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from audiomoe.training.demo import run_demo
+    from audiomoe.recipes.demo import run_demo
 
-    report = run_demo(args.out, quick=args.quick)
+    report = run_demo(
+        args.out, quick=args.quick, seeds=args.seeds, workers=args.workers, profile=args.profile
+    )
     print(
         f"\nreport: {args.out}/report.md ({report['wall_seconds']:.0f} s, peak RSS {report['peak_rss_gib']} GiB)"
     )

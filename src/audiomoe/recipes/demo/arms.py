@@ -1,0 +1,195 @@
+"""The four arms at matched parameters, and training + evaluating every (arm, seed) pair, side by side.
+
+Arms run as separate processes of one thread each rather than one process of many threads: the runs are
+independent, so processes need no synchronisation, and a single-threaded process never spin-waits on a team of
+OpenMP threads, which is what collapses a two-thread run when another program takes one of the cores (measured:
+11x slower). With ``W`` workers on ``W`` free cores the throughput is ``W`` runs at the one-thread speed.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from audiomoe.adapters.presets import count_parameters, matched_moe_config
+from audiomoe.config import from_dict, to_dict
+from audiomoe.data.manifest import read_manifest
+from audiomoe.evaluation.evaluate import evaluate_records
+from audiomoe.evaluation.runner import GenerationSettings
+from audiomoe.models.lalm import AudioLanguageModel
+from audiomoe.recipes.demo.settings import DemoSettings
+from audiomoe.runtime import autocast
+from audiomoe.training.config import TrainConfig
+from audiomoe.training.feature_cache import FeatureCache
+from audiomoe.training.run import train
+
+EVAL_FILE = "eval.json"
+
+
+def arm_adapters(settings: DemoSettings, input_dim: int, output_dim: int) -> dict[str, dict[str, Any]]:
+    """The four adapters: ``linear`` (the smallest baseline), ``mlp`` (an FFN), ``moe`` (the MoE matched to the
+    mlp's *active* parameters per token) and ``dense-twin`` (an FFN with the MoE's *total* parameters)."""
+    front = {"input_dim": input_dim, "output_dim": output_dim, "downsample": "stack",
+             "downsample_factor": settings.downsample_factor}  # fmt: skip
+    mlp = {"type": "mlp", **front, "mlp_type": "ffn", "hidden_dim": settings.mlp_hidden}
+    moe = to_dict(
+        matched_moe_config(mlp, num_experts=settings.experts, top_k=settings.top_k, expert_type="ffn")
+    )
+    target = count_parameters(moe)["total_params"]
+
+    def total(width: int) -> int:
+        return count_parameters({**mlp, "hidden_dim": width})["total_params"]
+
+    # Parameters are affine in the hidden width: solve for the width whose total equals the MoE's.
+    slope = total(2) - total(1)
+    twin = {**mlp, "hidden_dim": max(1, round((target - total(1)) / slope) + 1)}
+    return {"linear": {"type": "linear", **front}, "mlp": mlp, "moe": moe, "dense-twin": twin}
+
+
+def strip_dims(adapter: dict[str, Any]) -> dict[str, Any]:
+    """An arm's adapter without its input/output widths (the model fills those from the encoder and LLM)."""
+    return {k: v for k, v in adapter.items() if k not in ("input_dim", "output_dim")}
+
+
+@dataclass(frozen=True)
+class ArmJob:
+    """Everything one worker needs to train and evaluate one (arm, seed) pair (picklable)."""
+
+    arm: str
+    seed: int
+    adapter: dict[str, Any]
+    settings: DemoSettings
+    precision: str  # already resolved for this machine
+    llm_dir: str  # the foundation LLM ("": the preset's own)
+    train_manifest: str
+    test_manifest: str
+    cache_dir: str
+    run_dir: str
+
+
+def run_arm(job: ArmJob) -> dict[str, Any]:
+    """Train one arm with one seed, evaluate it on the test split (with the modality gap), write ``eval.json``
+    beside the run (``audiomoe compare`` reads it) and return the summary the report needs."""
+    run_dir = Path(job.run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # same arm and seed, fresh run: the report must describe this run
+    settings = job.settings
+    adapter = strip_dims(job.adapter)
+    # the foundation LLM, or (no llm_dir) the preset's own pretrained one
+    overrides = (
+        {"llm": {"path": job.llm_dir, "tokenizer": job.llm_dir, "config": None}} if job.llm_dir else {}
+    )
+    config = from_dict(
+        TrainConfig,
+        {
+            "model": {"preset": settings.preset, "adapter": adapter, "overrides": overrides},
+            "data": {"train": [job.train_manifest], "batch_size": settings.batch_size,
+                     "feature_cache": job.cache_dir},
+            "optim": {"lr": settings.lr}, "schedule": {"warmup_steps": max(1, settings.steps // 10)},
+            "steps": settings.steps, "seed": job.seed, "out_dir": str(run_dir), "log_every": 25,
+            "precision": job.precision, "progress": False, "tensorboard": False,
+        },
+    )  # fmt: skip
+    result = train(config)
+    model = AudioLanguageModel.from_pretrained(result.model_dir).eval()
+    records = read_manifest(job.test_manifest)
+    generation = GenerationSettings(
+        batch_size=settings.eval_batch_size, max_new_tokens=settings.max_new_tokens, progress=False
+    )
+    evaluated = evaluate_records(
+        model, records, generation, modality=True, cache=FeatureCache(job.cache_dir, model)
+    )
+    evaluated.update(arm=job.arm, seed=job.seed, checkpoint=str(result.model_dir))
+    (run_dir / EVAL_FILE).write_text(json.dumps(evaluated, indent=1) + "\n")
+    params = result.summary["params"]
+    del model
+    gc.collect()
+    return {
+        "arm": job.arm,
+        "seed": job.seed,
+        "params_total": params["adapter"]["total"],
+        "params_active": params["adapter"]["active"],
+        "llm_params": params["llm"]["total"],
+        "train_seconds": result.summary["train_seconds"],
+        "final_loss": result.summary["final_loss"],
+        "eval_seconds": evaluated["seconds"],
+        "model_dir": str(result.model_dir),
+        "eval": str(run_dir / EVAL_FILE),
+        # this worker's peak so far (workers are reused, so an upper bound for this job); KiB on Linux
+        "worker_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+def faster_precision(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], candidates: Sequence[str], repeats: int = 3
+) -> dict[str, Any]:
+    """Time a few training steps (forward, backward, no update) of ``model`` on ``batch`` under each candidate
+    precision, interleaved, one thread (as the workers run), and return the faster with the medians.
+
+    Why on the workload and not only on a probe matmul: bf16 being native is necessary, not sufficient. On a
+    Zen 4 EPYC (AVX512-BF16) a 256x512x512 bf16 matmul is 2.2x faster than fp32, yet the demo's small LLM
+    trained 1.3x *slower* under bf16 autocast (the casts around its narrow matmuls cost more than they save)."""
+    if len(candidates) == 1:
+        return {"chosen": candidates[0], "seconds": {}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times: dict[str, list[float]] = {c: [] for c in candidates}
+    try:
+        for rep in range(repeats + 1):
+            for precision in candidates:
+                begin = time.perf_counter()
+                with autocast(precision, "cpu"):
+                    out = model(**batch)
+                (out.loss + out.aux_loss).backward()
+                model.zero_grad(set_to_none=True)
+                if rep:  # the first round warms up both
+                    times[precision].append(time.perf_counter() - begin)
+    finally:
+        torch.set_num_threads(threads)
+    medians = {c: sorted(t)[len(t) // 2] for c, t in times.items()}
+    return {"chosen": min(medians, key=medians.get), "seconds": {c: round(v, 4) for c, v in medians.items()}}
+
+
+def _one_thread_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def run_arms(
+    jobs: Sequence[ArmJob], workers: int, on_done: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
+    """Run ``jobs``; with ``workers`` > 1 in that many single-threaded processes (``spawn``: a fresh interpreter,
+    no inherited OpenMP state). Results come back in the order of ``jobs``; ``on_done`` sees each as it ends."""
+    if workers <= 1:
+        results = []
+        for job in jobs:
+            results.append(run_arm(job))
+            if on_done:
+                on_done(results[-1])
+        return results
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=mp.get_context("spawn"),
+        initializer=_one_thread_worker,
+    ) as pool:
+        futures = [pool.submit(run_arm, job) for job in jobs]
+        if on_done:
+            for future in futures:
+                future.add_done_callback(lambda f: on_done(f.result()) if f.exception() is None else None)
+        return [f.result() for f in futures]
