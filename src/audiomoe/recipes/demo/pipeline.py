@@ -132,7 +132,9 @@ def run_demo(
     del arm_model
     t = lap("precision", t)
     trim_records = test_records[: settings.trim_probe_clips]
-    trim = trim_measurement(probe, trim_records, cache_dir, out / f"trim{tag}-{len(trim_records)}.json")
+    # its own cache: the encoding times must not find the clips already encoded by the stage above
+    trim_cache = out / f"cache-trim-probe{tag}"
+    trim = trim_measurement(probe, trim_records, trim_cache, out / f"trim{tag}-{len(trim_records)}.json")
     del probe
     t = lap("trim_measurement", t)
 
@@ -163,7 +165,7 @@ def run_demo(
 
     seed0 = {r["arm"]: r for r in results if r["seed"] == settings.seeds[0]}
     moe_model = AudioLanguageModel.from_pretrained(seed0[REFERENCE_ARM]["model_dir"]).eval()
-    trim.update(trim_effect_on_results(moe_model, trim_records, cache_dir, settings))
+    trim.update(trim_effect_on_results(moe_model, trim_records, trim_cache, settings))
     del moe_model
     analysis = analyze_arms(seed0, held_out, cache_dir, out / "analysis") if settings.analyse else {}
     t = lap("analysis", t)
