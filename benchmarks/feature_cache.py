@@ -23,8 +23,8 @@ import torch
 from audiomoe.data.manifest import read_manifest
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.models.presets import build_preset
-from audiomoe.training.data import RecordBatcher
 from audiomoe.recipes.demo.settings import FULL
+from audiomoe.training.data import RecordBatcher
 from audiomoe.training.feature_cache import FeatureCache
 
 
