@@ -59,6 +59,17 @@ def test_asr_views_add_one_transcription_per_spoken_clip_of_another_task(tmp_pat
     assert views["a-asr"].audio == str(tmp_path / "a.wav")
 
 
+def test_asr_views_of_a_manifest_read_through_a_relative_folder(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "corpus").mkdir()
+    write_manifest(
+        [_record(tmp_path / "corpus", "a", "gender", "the cat sat")], tmp_path / "corpus" / "train.jsonl"
+    )
+    monkeypatch.chdir(tmp_path)  # as `audiomoe demo --out demo-out`: every path relative to the working dir
+    write_asr_views(Path("corpus/train.jsonl"), Path("corpus/train-asr.jsonl"))
+    out = read_manifest(Path("corpus/train-asr.jsonl"))  # checks that every audio file exists
+    assert {Path(r.audio).resolve() for r in out} == {(tmp_path / "corpus" / "a.wav").resolve()}
+
+
 def test_corpus_splits_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sum to 1"):
         build_corpus(tmp_path / "c", 20, splits={"train": 0.5, "dev": 0.1, "test": 0.1})

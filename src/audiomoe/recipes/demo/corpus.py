@@ -42,7 +42,11 @@ def write_asr_views(train_manifest: Path, out: Path, seed: int = 0) -> dict[str,
     stage: on the corpus alone only a fifteenth of the clips are transcription examples, too few to learn
     to read speech. The same clips, the same audio features (the cache is keyed by content), new targets; only
     the training split is touched, so dev and test stay exactly the corpus's."""
-    records = read_manifest(train_manifest)
+    # absolute paths in memory (a manifest read through a relative folder gives cwd-relative ones), stored
+    # relative to ``out``'s folder like the corpus's own manifests
+    records = [
+        dataclasses.replace(r, audio=str(Path(r.audio).resolve())) for r in read_manifest(train_manifest)
+    ]
     task = get_task(TRANSCRIBE)
     rng = np.random.default_rng([seed, 7])
     views = [
@@ -56,5 +60,5 @@ def write_asr_views(train_manifest: Path, out: Path, seed: int = 0) -> dict[str,
         for r in records
         if r.transcript and r.task != TRANSCRIBE
     ]
-    write_manifest(records + views, out, relative=False)
+    write_manifest(records + views, out)
     return {"records": len(records), "asr_views": len(views)}
