@@ -21,11 +21,11 @@ import time
 import torch
 
 from audiomoe.data.manifest import read_manifest
+from audiomoe.models.batching import RecordBatcher
+from audiomoe.models.feature_cache import FeatureCache
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.models.presets import build_preset
 from audiomoe.recipes.demo.settings import FULL
-from audiomoe.training.data import RecordBatcher
-from audiomoe.training.feature_cache import FeatureCache
 
 
 def main() -> None:

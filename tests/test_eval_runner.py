@@ -48,3 +48,35 @@ def test_text_prompt_puts_the_transcript_in_place_of_the_audio() -> None:
         "k", "k.wav", "digit", "Which digit is spoken?", "seven", transcript="press seven now"
     )
     assert text_prompt(record) == '"press seven now"\nWhich digit is spoken?'
+
+
+def test_task_score_direction_comes_from_the_metric_registry() -> None:
+    """A lower-is-better metric is one registry entry; task_score needs no edit to turn it into a score."""
+    from audiomoe.evaluation.metrics import HIGHER_IS_BETTER, METRICS, compute_metric, register_metric
+    from audiomoe.evaluation.runner import task_score
+
+    @register_metric("dummy_miss_rate", higher_is_better=False)
+    def miss_rate(predictions, references, **_):
+        return {"dummy_miss_rate": sum(p != r for p, r in zip(predictions, references)) / len(references)}
+
+    try:
+        scores = compute_metric("dummy_miss_rate", ["a", "b", "c", "d"], ["a", "b", "c", "x"])
+        assert task_score("dummy_miss_rate", scores) == 0.75
+        assert task_score("dummy_miss_rate", {"dummy_miss_rate": 1.5}) == 0.0
+        assert task_score("accuracy", {"accuracy": 0.25, "n": 4}) == 0.25
+        assert (
+            task_score("wer", {"wer": 0.1}) == pytest.approx(0.9) and task_score("cer", {"cer": 0.2}) == 0.8
+        )
+    finally:
+        del METRICS["dummy_miss_rate"], HIGHER_IS_BETTER["dummy_miss_rate"]
+
+
+def test_a_task_with_an_unregistered_metric_fails_when_scored() -> None:
+    from audiomoe.data.tasks import TASKS, Task, register_task
+
+    register_task(Task("dummy_task", "sound", ("What is it?", "Name it."), "a word", metric="bleu_typo"))
+    try:
+        with pytest.raises(ValueError, match=r"metric 'bleu_typo' is unknown; choose one of \[.*'accuracy'"):
+            score_predictions([rec("a", "dummy_task", "dog")], ["dog"])
+    finally:
+        del TASKS["dummy_task"]

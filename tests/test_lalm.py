@@ -290,11 +290,7 @@ def test_cli_init_then_infer(tmp_path, capsys) -> None:
 
 
 def test_shipped_lalm_configs_parse() -> None:
-    from pathlib import Path
-
     from audiomoe.config import load_config
 
-    config = load_config(
-        LALMConfig, Path(__file__).parents[1] / "configs" / "lalm-whisper-large-v3-qwen2.5-7b.yaml"
-    )
+    config = load_config(LALMConfig, "lalm-whisper-large-v3-qwen2.5-7b")  # a shipped config, by name
     assert config.adapter["type"] == "moe" and config.llm.dtype == "bfloat16" and config.lora.llm

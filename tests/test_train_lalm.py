@@ -14,12 +14,12 @@ import torch
 
 from audiomoe.cli.main import main as cli
 from audiomoe.data.manifest import read_manifest
+from audiomoe.models.batching import RecordBatcher
+from audiomoe.models.feature_cache import FeatureCache, encoder_identity
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.models.presets import build_preset
 from audiomoe.training import checkpoint as ckpt
 from audiomoe.training.config import load_train_config
-from audiomoe.training.data import RecordBatcher
-from audiomoe.training.feature_cache import FeatureCache, encoder_identity
 from audiomoe.training.run import train
 
 NOTES = {"piano": 220.0, "flute": 660.0, "organ": 330.0}

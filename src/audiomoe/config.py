@@ -1,11 +1,14 @@
 """Typed dataclass configs: build from dicts/YAML with key checking, dotted CLI overrides, dump back.
 
 Every error names the offending key path and what would have been accepted, so a typo in a YAML file is a one
-line message rather than a ``TypeError`` from a constructor.
+line message rather than a ``TypeError`` from a constructor. Wherever a config file is read, a shipped config name
+(``demo``, ``paper-moe-qwen3-1.7b``: the YAML files in ``audiomoe/configs``, see ``audiomoe config list``) works
+as well as a path.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -15,6 +18,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 import yaml
 
 T = TypeVar("T")
+SHIPPED_DIR = Path(__file__).parent / "configs"  # package data: installed with the package
 
 
 class ConfigError(ValueError):
@@ -140,10 +144,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(raw) if raw != "" else ""
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply dotted ``key=value`` overrides to a nested dict (a copy is returned)."""
-    import copy
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The one config merge: nested dicts merge key by key, any other value in ``extra`` replaces the base value.
+    Returns a new dict; neither input is modified."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = deep_merge(out[key], value) if both else copy.deepcopy(value)
+    return out
 
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides to a nested dict (a copy is returned). An override assigns: a mapping
+    value replaces the section (``model.adapter={type: moe}``), it is not merged into it."""
     out = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
@@ -159,10 +172,28 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def shipped_configs() -> dict[str, Path]:
+    """Name (file stem) -> path of every config shipped with the package."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.yaml"))}
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A config file: the path if it exists, else the shipped config of that name (``demo`` or ``demo.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    name = path.stem if path.suffix in (".yaml", ".yml") and path.parent == Path(".") else str(name_or_path)
+    if name in shipped:
+        return shipped[name]
+    raise ConfigError(
+        f"config {str(name_or_path)!r} is neither a file nor a shipped config; shipped: {', '.join(shipped)} "
+        "(audiomoe config list)"
+    )
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    path = resolve_config(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from audiomoe.adapters.base import Adapter, AdapterConfig, AdapterOutput, register_adapter
-from audiomoe.adapters.front import DownsampleFront, lengths_to_mask, mask_to_lengths
+from audiomoe.adapters.front import DownsampleFront
 from audiomoe.adapters.layers import build_feedforward
 from audiomoe.config import ConfigError
+from audiomoe.tensors import lengths_to_mask, mask_to_lengths
 
 
 def _front(config: AdapterConfig, fuse_dim: int | None = None) -> DownsampleFront:

@@ -12,14 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """``(B,)`` lengths -> ``(B, max_len)`` bool mask."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-
-
-def mask_to_lengths(mask: torch.Tensor) -> torch.Tensor:
-    return mask.long().sum(-1)
+from audiomoe.tensors import lengths_to_mask, mask_to_lengths
 
 
 class DownsampleFront(nn.Module):

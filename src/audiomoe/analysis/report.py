@@ -32,6 +32,8 @@ from audiomoe.analysis.routing import RoutingCollector, RoutingStats
 from audiomoe.data.audio import load_audio
 from audiomoe.data.manifest import AudioRecord, read_manifest
 from audiomoe.data.tasks import TASKS
+from audiomoe.models.directory import resolve_model_dir
+from audiomoe.tensors import to_device
 
 Collate = Callable[[Sequence[AudioRecord]], Mapping[str, Any]]
 PROBE_KINDS = ("category", "task_group")
@@ -159,13 +161,9 @@ def make_probes(
     config = config or AnalysisConfig()
     device = torch.device(device)
     return {
-        g: [_to_device(collate(b), device) for b in batches]
+        g: [to_device(collate(b), device) for b in batches]
         for g, batches in probe_groups(records, kind, config).items()
     }
-
-
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def analyze_model(
@@ -221,7 +219,7 @@ def _routing(
     try:
         for start in range(0, len(sample), config.batch_size):
             chunk = sample[start : start + config.batch_size]
-            out = model(**_to_device(collate(chunk), device)).adapter_output
+            out = model(**to_device(collate(chunk), device)).adapter_output
             if out is None:
                 continue
             collector.add(out, [record_attributes(r) for r in chunk])
@@ -359,14 +357,10 @@ def _safe(text: str) -> str:
 def load_lalm(checkpoint: str | Path) -> tuple[nn.Module, Collate]:
     """A saved LALM directory (or a training run directory holding ``model/``) -> (model, collate), where
     collate builds training batches (with answers) exactly as training does."""
-    from audiomoe.models.lalm import CONFIG_FILE, AudioLanguageModel
-    from audiomoe.training.data import RecordBatcher
-    from audiomoe.training.run import MODEL_DIR
+    from audiomoe.models.batching import RecordBatcher
+    from audiomoe.models.lalm import AudioLanguageModel
 
-    path = Path(checkpoint)
-    if not (path / CONFIG_FILE).is_file() and (path / MODEL_DIR / CONFIG_FILE).is_file():
-        path = path / MODEL_DIR  # a run directory: its final model
-    model = AudioLanguageModel.from_pretrained(path)
+    model = AudioLanguageModel.from_pretrained(resolve_model_dir(checkpoint))
 
     def collate(records: Sequence[AudioRecord]) -> Mapping[str, Any]:
         return RecordBatcher(records, model.processor).batch(records, [r.instruction for r in records])

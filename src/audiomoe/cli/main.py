@@ -2,6 +2,8 @@
 
 A command module defines ``register(subparsers) -> None``; its parser sets ``func(args) -> int | None``.
 User-facing errors (bad config, bad input file) are printed as one line and exit 2, never a traceback.
+``--plugin MODULE_OR_FILE`` (before the command, repeatable) imports user code first (:mod:`audiomoe.plugins`),
+so its registered adapters, encoders, tasks and metrics are known to every command.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 
 from audiomoe import __version__
 from audiomoe.cli import commands
+from audiomoe.plugins import PluginError, load_plugins
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
@@ -32,6 +35,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audiomoe", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"audiomoe {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import this module (dotted name or .py file) first, e.g. one that registers an adapter or a task "
+        "(repeatable)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in command_modules():
         if only is None or name == only:
@@ -39,15 +50,33 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _requested_command(argv: list[str]) -> str | None:
-    first = next((a for a in argv if not a.startswith("-")), None)
-    name = first.replace("-", "_") if first else None
-    return name if name in command_modules() else None
+def _global_options(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The command name and the ``--plugin`` values, read from the options before the command."""
+    plugins: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--plugin":
+            value = next(tokens, None)
+            plugins += [value] if value is not None else []  # a missing value: argparse says so below
+        elif token.startswith("--plugin="):
+            plugins.append(token.split("=", 1)[1])
+        elif not token.startswith("-"):
+            name = token.replace("-", "_")
+            return (name if name in command_modules() else None), plugins
+    return None, plugins
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(_requested_command(argv))
+    command, plugins = _global_options(argv)
+    try:
+        load_plugins(plugins)  # before the parsers: a command may list registry names as choices
+    except PluginError as err:
+        if "--debug" in argv:
+            raise
+        print(f"audiomoe: error: {err}", file=sys.stderr)
+        return 2
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

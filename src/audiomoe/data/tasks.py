@@ -6,7 +6,8 @@ sound, music, and the composition of the scene.
 
 A task carries several instruction paraphrases (training draws one per record so a model cannot key on the
 wording), an answer format, a ``normalize`` used both when writing answers and when scoring them, the name of its
-metric (``"wer"`` for transcription, ``"accuracy"`` for closed-label and short-answer tasks) and, where the label
+metric (``"wer"`` for transcription, ``"accuracy"`` for closed-label and short-answer tasks; any name registered
+with :func:`audiomoe.evaluation.metrics.register_metric`, checked when the task is scored) and, where the label
 set is closed, ``labels``.
 
 Add a task with :func:`register_task`; nothing else needs to change.
@@ -14,24 +15,15 @@ Add a task with :func:`register_task`; nothing else needs to change.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from audiomoe.text import normalize_text
+
 TASK_GROUPS: tuple[str, ...] = ("semantic", "paralinguistic", "sound", "music", "scene")
-METRICS: tuple[str, ...] = ("wer", "accuracy")
 SCENE_COMPONENTS: tuple[str, ...] = ("speech", "music", "event")
-
-_PUNCT = re.compile(r"[^\w\s']")
-_SPACES = re.compile(r"\s+")
-
-
-def normalize_text(text: str) -> str:
-    """Lower-case, drop punctuation (keeping apostrophes), collapse whitespace. Used for WER scoring."""
-    text = _PUNCT.sub(" ", text.lower().replace("_", " "))
-    return _SPACES.sub(" ", text).strip()
 
 
 def _label_normalizer(labels: Sequence[str], synonyms: dict[str, str]) -> Callable[[str], str]:
@@ -80,7 +72,7 @@ class Task:
         group: one of ``TASK_GROUPS``.
         instructions: paraphrases of the question (at least two).
         answer_format: one line telling a human (and the docs) what an answer looks like.
-        metric: ``"wer"`` or ``"accuracy"``.
+        metric: a registered metric (``"wer"``, ``"accuracy"``, ...); the metric registry is its only list.
         labels: the closed label set, or ``()`` for open answers (transcripts, free QA).
         synonyms: extra spellings mapped to a label by ``normalize``.
     """
@@ -97,8 +89,10 @@ class Task:
     def __post_init__(self) -> None:
         if self.group not in TASK_GROUPS:
             raise ValueError(f"task {self.name!r}: group {self.group!r} is not one of {TASK_GROUPS}")
-        if self.metric not in METRICS:
-            raise ValueError(f"task {self.name!r}: metric {self.metric!r} is not one of {METRICS}")
+        if not self.metric:
+            raise ValueError(
+                f"task {self.name!r}: give a metric (a name registered in audiomoe.evaluation.metrics)"
+            )
         if len(self.instructions) < 2:
             raise ValueError(f"task {self.name!r}: give at least two instruction paraphrases")
 

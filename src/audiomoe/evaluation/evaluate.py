@@ -20,8 +20,8 @@ from audiomoe.evaluation.runner import (
     modality_gap,
     score_predictions,
 )
-from audiomoe.training.data import RecordBatcher
-from audiomoe.training.feature_cache import FeatureCache
+from audiomoe.models.batching import RecordBatcher
+from audiomoe.models.feature_cache import FeatureCache
 
 
 def load_model(model_dir: str | Path) -> Any:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from audiomoe.evaluation.metrics import normalize_label
+from audiomoe.text import normalize_label
 
 LETTERS = string.ascii_uppercase
 

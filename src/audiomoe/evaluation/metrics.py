@@ -14,12 +14,13 @@ New metrics are registry entries: ``@register_metric("bleu")``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
 import jiwer
+
+from audiomoe.text import normalize_label
 
 Normalize = Callable[[str], str]
 MetricFn = Callable[..., dict[str, float]]
@@ -55,14 +56,6 @@ def whisper_normalizer() -> Normalize:
 
     # The British->American spelling map ships with Whisper tokenizers; without it the rest still applies.
     return EnglishTextNormalizer({})
-
-
-_PUNCT = re.compile(r"[^\w\s']")
-
-
-def normalize_label(text: str) -> str:
-    """Default answer normalisation for labels: lower case, punctuation dropped, whitespace collapsed."""
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
 def _error_rate(predictions: Sequence[str], references: Sequence[str], unit: str) -> dict[str, float]:

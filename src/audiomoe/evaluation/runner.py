@@ -3,7 +3,8 @@ breakdowns, per-item scores, and the modality gap (same items with the transcrip
 
 Scores. Each task is scored with the metric its registry entry names (``wer`` for transcription, ``accuracy``
 otherwise), answers normalised by the task's own ``normalize``. To average tasks into groups, a task's ``score``
-is its accuracy, or ``max(0, 1 - WER)`` for WER tasks; a group's score is the mean over its tasks.
+is its metric's value, or ``max(0, 1 - value)`` for a lower-is-better metric (the direction is on the metric's
+registry entry: ``register_metric("wer", higher_is_better=False)``); a group's score is the mean over its tasks.
 
 Items. A report also lists every item's sufficient statistics (``items``, see :func:`score_items`), so that
 :mod:`audiomoe.evaluation.stats` can resample items and recompute every score above exactly.
@@ -21,8 +22,9 @@ from tqdm.auto import tqdm
 
 from audiomoe.data.manifest import AudioRecord
 from audiomoe.data.tasks import get_task
-from audiomoe.evaluation.metrics import compute_metric, error_counts
-from audiomoe.training.data import RecordBatcher
+from audiomoe.evaluation.metrics import HIGHER_IS_BETTER, compute_metric, error_counts, primary_value
+from audiomoe.models.batching import RecordBatcher
+from audiomoe.tensors import to_device
 
 MAX_ATTRIBUTE_VALUES = 24  # attributes with more distinct values (numbers, sentences) are not broken down
 
@@ -58,15 +60,17 @@ def generate_answers(
         else:
             chosen = [records[i] for i in indices]
             batch = batcher.batch(chosen, [r.instruction for r in chosen], with_answers=False)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = to_device(batch, device)
         for i, answer in zip(indices, model.generate(**batch, max_new_tokens=settings.max_new_tokens)):
             answers[i] = answer
     return answers
 
 
 def task_score(metric: str, scores: dict[str, float]) -> float:
-    """One higher-is-better number per task (see the module docstring)."""
-    return max(0.0, 1.0 - scores["wer"]) if metric == "wer" else scores[metric]
+    """One higher-is-better number per task (see the module docstring): the metric's headline value, or
+    ``max(0, 1 - value)`` for a metric registered with ``higher_is_better=False`` (WER, CER)."""
+    value = primary_value(metric, scores)
+    return value if HIGHER_IS_BETTER[metric] else max(0.0, 1.0 - value)
 
 
 def score_items(
@@ -76,8 +80,8 @@ def score_items(
 
     WER tasks: ``errors`` and ``words`` (edit distance and reference word count after the same two
     normalisations as the task-level WER), so that a task's ``sum(errors) / sum(words)`` is its corpus WER
-    exactly. Other tasks: ``correct`` (0 / 1, exact match after the task's ``normalize``), whose mean is the
-    task's accuracy.
+    exactly. Accuracy tasks: ``correct`` (0 / 1, exact match after the task's ``normalize``), whose mean is the
+    task's accuracy. Tasks scored with another metric get no per-item statistics (``compare`` refuses them).
     """
     if not len(keys) == len(tasks) == len(predictions) == len(answers):
         raise ValueError(
@@ -96,7 +100,7 @@ def score_items(
         if task.metric == "wer":
             for i, (errors, words) in zip(indices, error_counts(preds, refs, "wer")):
                 items[i] |= {"errors": errors, "words": words}
-        else:
+        elif task.metric == "accuracy":
             for i, p, r in zip(indices, preds, refs):
                 items[i]["correct"] = int(p == r)
     return items

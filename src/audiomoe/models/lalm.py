@@ -32,21 +32,35 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PretrainedConfig
 
-import audiomoe.adapters  # noqa: F401  (registers the adapters)
-import audiomoe.models.ssl  # noqa: F401  (registers the SSL encoders)
-import audiomoe.models.whisper  # noqa: F401  (registers the whisper encoder)
 from audiomoe.adapters import AdapterOutput, build_adapter
 from audiomoe.config import ConfigError, from_dict, load_config, save_yaml
 from audiomoe.models.base import EncoderConfig, build_encoder
+from audiomoe.models.directory import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    MODEL_DIR,
+    WEIGHTS_FILE,
+    audio_token_lengths_from_dir,
+    read_manifest,
+    resolve_model_dir,
+)
 from audiomoe.models.freeze import COMPONENTS, FreezeConfig, LoraSettings, apply_freeze, inject_lora
 from audiomoe.models.llm import LLMConfig, build_llm, config_to_dict, tokenizer_source
 from audiomoe.models.processor import AudioLanguageProcessor, ProcessorConfig
 from audiomoe.models.tokenizer import load_tokenizer
 
-CONFIG_FILE = "lalm_config.yaml"
-MANIFEST_FILE = "checkpoint.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+__all__ = [
+    "CONFIG_FILE",
+    "MANIFEST_FILE",
+    "MODEL_DIR",
+    "WEIGHTS_FILE",
+    "AudioLanguageModel",
+    "LALMConfig",
+    "LALMOutput",
+    "audio_token_lengths_from_dir",
+    "resolve_model_dir",
+]
 
 
 @dataclass
@@ -364,36 +378,11 @@ def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def _read_checkpoint(directory: Path) -> tuple[LALMConfig, dict[str, Any]]:
     """The saved config, with components stored whole switched to build-from-config (their path is not needed)."""
-    for name in (CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(
-                f"{directory}: no {name}; is this a directory written by save_pretrained?"
-            )
+    manifest = read_manifest(directory)
     config = load_config(LALMConfig, directory / CONFIG_FILE)
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{directory / MANIFEST_FILE}: format_version {manifest.get('format_version')} unsupported"
-        )
     whole = set(manifest["whole"])
     if "encoder" in whole and manifest.get("encoder_config"):
         config.encoder = dataclasses.replace(config.encoder, path="", config=manifest["encoder_config"])
     if "llm" in whole:
         config.llm = dataclasses.replace(config.llm, path="", config=manifest["llm_config"])
     return config, manifest
-
-
-def audio_token_lengths_from_dir(directory: str | Path) -> Any:
-    """The length function of a saved model, from encoder and adapter skeletons on the meta device (no weights)."""
-    config, manifest = _read_checkpoint(Path(directory))
-    encoder_config = config.encoder
-    if manifest.get("encoder_config"):
-        encoder_config = dataclasses.replace(encoder_config, path="", config=manifest["encoder_config"])
-    with torch.device("meta"):
-        encoder = build_encoder(encoder_config)
-        adapter = build_adapter(config.adapter)
-
-    def lengths(audio_lengths: torch.Tensor) -> torch.Tensor:
-        return adapter.output_lengths(encoder.output_lengths(audio_lengths))
-
-    return lengths

@@ -12,13 +12,12 @@ Every preset trains the adapter and keeps the encoder frozen, as the paper's fro
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from audiomoe.config import ConfigError, apply_overrides, from_dict
+from audiomoe.config import ConfigError, apply_overrides, deep_merge, from_dict
 from audiomoe.models.lalm import LALMConfig
 
 
@@ -115,15 +114,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        out[key] = (
-            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        )
-    return out
-
-
 def build_preset(
     name: str, adapter_type: str = "linear", overrides: list[str] | None = None, **fields: Any
 ) -> LALMConfig:
@@ -131,6 +121,6 @@ def build_preset(
     merge, e.g. ``adapter={"num_experts": 8}``), then dotted ``overrides`` (``"lora.r=16"``) apply."""
     if name not in PRESETS:
         raise ConfigError(f"preset {name!r} is unknown; choose one of {sorted(PRESETS)}")
-    data = _merge(PRESETS[name].build(adapter_type), fields)
+    data = deep_merge(PRESETS[name].build(adapter_type), fields)
     data = apply_overrides(data, overrides or [])
     return from_dict(LALMConfig, data)

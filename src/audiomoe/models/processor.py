@@ -25,6 +25,7 @@ import torch
 from transformers import AutoFeatureExtractor, AutoTokenizer, PreTrainedTokenizerBase
 
 from audiomoe.config import ConfigError, from_dict, to_dict
+from audiomoe.models.directory import audio_token_lengths_from_dir
 
 PROCESSOR_CONFIG = "processor_config.json"
 IGNORE_INDEX = -100
@@ -196,8 +197,6 @@ class AudioLanguageProcessor:
             ProcessorConfig, json.loads((directory / PROCESSOR_CONFIG).read_text()), "processor"
         )
         if audio_token_lengths is None:
-            from audiomoe.models.lalm import audio_token_lengths_from_dir
-
             audio_token_lengths = audio_token_lengths_from_dir(directory)
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
         feature_extractor = AutoFeatureExtractor.from_pretrained(str(directory))

@@ -27,9 +27,9 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
 )
 
-from audiomoe.adapters.front import lengths_to_mask
 from audiomoe.config import ConfigError
 from audiomoe.models.base import AudioEncoder, EncoderConfig, register_encoder
+from audiomoe.tensors import lengths_to_mask
 
 SSL_FAMILIES = ("wav2vec2", "hubert", "wavlm")
 

@@ -28,9 +28,9 @@ from torch import nn
 from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from audiomoe.adapters.front import lengths_to_mask
 from audiomoe.config import ConfigError
 from audiomoe.models.base import AudioEncoder, EncoderConfig, register_encoder
+from audiomoe.tensors import lengths_to_mask
 
 # Prefixes under which the encoder sits in WhisperForConditionalGeneration / WhisperModel checkpoints.
 _ENCODER_PREFIXES = ("model.encoder.", "encoder.")

@@ -1,6 +1,6 @@
 """Typed training configuration: one dataclass tree, loaded from YAML with dotted ``key=value`` overrides.
 
-    cfg = load_train_config("configs/demo.yaml", ["optim.lr=3e-4", "steps=200"])
+    cfg = load_train_config("demo", ["optim.lr=3e-4", "steps=200"])   # a shipped config name, or a YAML path
 
 The resolved config is written to ``RUN/config.yaml`` at the start of every run, so a run directory always says
 exactly what produced it.
@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from audiomoe.config import ConfigError, load_config
+from audiomoe.config import ConfigError, load_config, resolve_config
+from audiomoe.plugins import load_plugins, locate
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Strategy = Literal["auto", "ddp", "fsdp"]
@@ -21,7 +22,7 @@ Strategy = Literal["auto", "ddp", "fsdp"]
 @dataclass
 class ModelSection:
     """Which LALM to build, from one of: ``path`` (a saved model directory), ``config`` (an LALM YAML such as
-    ``configs/lalm-whisper-large-v3-qwen2.5-7b.yaml``) or ``preset`` (an ``audiomoe.models.presets`` name).
+    the shipped ``lalm-whisper-large-v3-qwen2.5-7b``, or a path) or ``preset`` (an ``audiomoe.models.presets`` name).
     ``adapter`` (may hold ``type``) is merged into the adapter section, ``overrides`` into the rest of the
     :class:`~audiomoe.models.lalm.LALMConfig` (e.g. ``{freeze: {llm: true}, lora: {llm: true}}``)."""
 
@@ -102,6 +103,9 @@ class TrainConfig:
     # Gradient conflict between audio categories (speech / sound / music) on fixed probe batches, every N optimizer
     # steps, logged to metrics.jsonl as grad/* (0 = off; about 2-3% overhead at 100 on the tiny LALM)
     grad_conflict_every: int = 0
+    # User modules imported when the config is loaded (dotted names or .py paths, relative to this file's folder
+    # when not found from the working directory): their registered adapters / encoders / tasks / metrics.
+    plugins: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("steps", "grad_accum", "log_every", "keep_last"):
@@ -119,5 +123,12 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """YAML + dotted overrides -> :class:`TrainConfig` (unknown keys and bad values raise ``ConfigError``)."""
-    return load_config(TrainConfig, path, overrides)
+    """YAML + dotted overrides -> :class:`TrainConfig` (unknown keys and bad values raise ``ConfigError``);
+    the config's ``plugins`` are imported."""
+    config = load_config(TrainConfig, path, overrides)
+    where = f"plugins in {path}" if path else "the plugins= override"
+    base_dir = resolve_config(path).parent if path else None
+    load_plugins(config.plugins, where, base_dir)
+    # RUN/config.yaml records where each plugin file was found, so a --resume from the run directory finds it too
+    config.plugins = [locate(spec, base_dir) for spec in config.plugins]
+    return config

@@ -1,6 +1,6 @@
 """One training run of an LALM from a :class:`TrainConfig`: what ``audiomoe train`` and the demo call.
 
-    result = train(load_train_config("configs/demo-moe.yaml", ["steps=50"]))
+    result = train(load_train_config("demo", ["steps=50"]))
 
 Steps: seed -> build the model (preset or saved directory) -> read manifests -> fill the feature cache when the
 encoder is frozen and ``data.feature_cache`` is set -> duration-bucketed, rank-sharded batches -> :class:`Trainer`
@@ -17,21 +17,20 @@ from typing import Any
 
 import torch
 
-from audiomoe.config import from_dict, load_config, to_dict
+from audiomoe.config import deep_merge, from_dict, load_config, to_dict
 from audiomoe.data.manifest import AudioRecord, read_manifest
 from audiomoe.data.sampler import BucketBatchSampler
 from audiomoe.evaluation.runner import GenerationSettings, generate_answers, score_predictions
+from audiomoe.models.batching import RecordBatcher, count_frames
+from audiomoe.models.directory import MODEL_DIR
+from audiomoe.models.feature_cache import FeatureCache
 from audiomoe.models.lalm import AudioLanguageModel, LALMConfig
 from audiomoe.models.presets import build_preset
 from audiomoe.training import checkpoint as ckpt
 from audiomoe.training.config import ModelSection, TrainConfig
-from audiomoe.training.data import RecordBatcher, count_frames
 from audiomoe.training.distributed import DistEnv, barrier, default_device, init_distributed, shutdown
-from audiomoe.training.feature_cache import FeatureCache
 from audiomoe.training.stream import BatchStream
 from audiomoe.training.trainer import Trainer, seed_everything
-
-MODEL_DIR = "model"
 
 
 def resolve_lalm_config(section: ModelSection) -> LALMConfig:
@@ -41,12 +40,12 @@ def resolve_lalm_config(section: ModelSection) -> LALMConfig:
         base = to_dict(load_config(LALMConfig, section.config))
         # A new adapter type replaces the file's adapter section; otherwise the keys are merged into it.
         swap = section.adapter.get("type", base["adapter"]["type"]) != base["adapter"]["type"]
-        base["adapter"] = dict(section.adapter) if swap else {**base["adapter"], **section.adapter}
-        return from_dict(LALMConfig, merge_dicts(base, fields))
+        base["adapter"] = dict(section.adapter) if swap else deep_merge(base["adapter"], section.adapter)
+        return from_dict(LALMConfig, deep_merge(base, fields))
     adapter = dict(section.adapter)
     adapter_type = adapter.pop("type", "linear")
     if adapter:
-        fields["adapter"] = {**fields.get("adapter", {}), **adapter}
+        fields["adapter"] = deep_merge(fields.get("adapter", {}), adapter)
     return build_preset(section.preset, adapter_type, **fields)
 
 
@@ -55,18 +54,6 @@ def build_model(section: ModelSection) -> AudioLanguageModel:
     if section.path:
         return AudioLanguageModel.from_pretrained(section.path)
     return AudioLanguageModel(resolve_lalm_config(section))
-
-
-def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Nested dicts merge key by key; any other value in ``extra`` replaces the base value."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = (
-            merge_dicts(out[key], value)
-            if isinstance(value, dict) and isinstance(out.get(key), dict)
-            else value
-        )
-    return out
 
 
 def read_records(paths: list[str], on_bad_line: str) -> list[AudioRecord]:

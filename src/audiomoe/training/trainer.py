@@ -35,6 +35,7 @@ from audiomoe import runtime
 from audiomoe.adapters.moe import attach_router_bias_update
 from audiomoe.analysis.gradients import GradientConflictTracker
 from audiomoe.config import ConfigError, save_yaml
+from audiomoe.tensors import to_device
 from audiomoe.training import checkpoint as ckpt
 from audiomoe.training.config import TrainConfig
 from audiomoe.training.distributed import (
@@ -82,16 +83,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(
         groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps
     )
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 def items_in(batch: Any) -> int:

@@ -41,19 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def resolve_model_dir(path: str) -> Path:
-    directory = Path(path)
-    if (directory / "model" / "lalm_config.yaml").is_file():
-        return directory / "model"
-    if not (directory / "lalm_config.yaml").is_file():
-        raise FileNotFoundError(
-            f"{directory}: neither a model directory (lalm_config.yaml) nor a run directory (model/)"
-        )
-    return directory
-
-
 def run(args: argparse.Namespace) -> int:
     from audiomoe.evaluation.evaluate import evaluate_manifests, evaluate_mcq
+    from audiomoe.models.directory import resolve_model_dir
 
     model_dir = resolve_model_dir(args.checkpoint)
     options = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "limit": args.limit}

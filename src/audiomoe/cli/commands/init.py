@@ -1,7 +1,7 @@
 """``audiomoe init``: build an (untrained) audio language model from a preset or a config file and save it.
 
 audiomoe init --preset tiny --adapter moe --out runs/tiny
-audiomoe init --config configs/lalm-whisper-large-v3-qwen2.5-7b.yaml --out runs/big --set lora.r=16
+audiomoe init --config lalm-whisper-large-v3-qwen2.5-7b --out runs/big --set lora.r=16
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe")
-    source.add_argument("--config", type=Path, help="an LALMConfig YAML file")
+    source.add_argument("--config", type=Path, help="an LALMConfig YAML file, or a shipped config name")
     parser.add_argument("--adapter", default=None, help="adapter type (linear, mlp, conv, qformer, moe, ...)")
     parser.add_argument(
         "--set",

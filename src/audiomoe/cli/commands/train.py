@@ -1,8 +1,11 @@
 """``audiomoe train``: train an LALM from a YAML config with dotted overrides.
 
-audiomoe train --config configs/demo-moe.yaml steps=200 optim.lr=1e-3
-audiomoe train --config configs/demo-moe.yaml --resume          # continue exactly where it stopped
-torchrun --nproc_per_node=8 -m audiomoe.cli.main train --config configs/paper-moe-qwen3-1.7b.yaml
+audiomoe train --config demo steps=200 optim.lr=1e-3
+audiomoe train --config demo --resume          # continue exactly where it stopped
+audiomoe train --config my-run.yaml            # a file (audiomoe config copy demo my-run.yaml)
+torchrun --nproc_per_node=8 -m audiomoe.cli.main train --config paper-moe-qwen3-1.7b
+
+--config takes a shipped config name (audiomoe config list) or a YAML path.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", required=True, help="training YAML (see configs/)")
+    parser.add_argument(
+        "--config", required=True, help="training YAML path, or a shipped config name (audiomoe config list)"
+    )
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=1e-3"
     )

@@ -14,6 +14,8 @@ from torch import nn
 from audiomoe.analysis.gradients import WHOLE
 from audiomoe.analysis.report import AnalysisConfig, Collate, analyze_checkpoints
 from audiomoe.data.manifest import AudioRecord
+from audiomoe.models.batching import RecordBatcher
+from audiomoe.models.feature_cache import FeatureCache
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.recipes.demo.claims import (
     PAPER_CELL_BAND,
@@ -22,8 +24,6 @@ from audiomoe.recipes.demo.claims import (
     pair_title,
     paper_claims,
 )
-from audiomoe.training.data import RecordBatcher
-from audiomoe.training.feature_cache import FeatureCache
 
 # 8 probe batches of 8 clips per category / task group and routing over up to 512 clips: about 25 s for four arms.
 ANALYSIS = AnalysisConfig(probe_batches=8, probe_batch_size=8, max_routing_items=512, batch_size=16)

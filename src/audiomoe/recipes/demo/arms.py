@@ -28,11 +28,11 @@ from audiomoe.config import from_dict, to_dict
 from audiomoe.data.manifest import read_manifest
 from audiomoe.evaluation.evaluate import evaluate_records
 from audiomoe.evaluation.runner import GenerationSettings
+from audiomoe.models.feature_cache import FeatureCache
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.recipes.demo.settings import DemoSettings
 from audiomoe.runtime import autocast
 from audiomoe.training.config import TrainConfig
-from audiomoe.training.feature_cache import FeatureCache
 from audiomoe.training.run import train
 
 EVAL_FILE = "eval.json"

@@ -16,9 +16,9 @@ import torch
 from audiomoe.data.manifest import AudioRecord
 from audiomoe.evaluation.evaluate import evaluate_records
 from audiomoe.evaluation.runner import GenerationSettings
+from audiomoe.models.feature_cache import FeatureCache
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.recipes.demo.settings import DemoSettings
-from audiomoe.training.feature_cache import FeatureCache
 
 
 @contextlib.contextmanager

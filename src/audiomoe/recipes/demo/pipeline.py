@@ -30,6 +30,8 @@ from audiomoe.data.manifest import read_manifest
 from audiomoe.data.tasks import TASK_GROUPS, TASKS
 from audiomoe.evaluation.forest import forest_plot
 from audiomoe.evaluation.stats import compare
+from audiomoe.models.batching import RecordBatcher
+from audiomoe.models.feature_cache import FeatureCache
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.models.presets import build_preset
 from audiomoe.recipes.demo.analysis import ANALYSIS_SPLITS, analyze_arms
@@ -47,8 +49,6 @@ from audiomoe.recipes.demo.foundation import ensure_foundation
 from audiomoe.recipes.demo.report import competence, render_markdown
 from audiomoe.recipes.demo.settings import PROFILES, REFERENCE_ARM, DemoSettings
 from audiomoe.runtime import configure_threads, machine_info, resolve_precision
-from audiomoe.training.data import RecordBatcher
-from audiomoe.training.feature_cache import FeatureCache
 
 
 def peak_rss_gib(results: list[dict[str, Any]], workers: int) -> float:

@@ -2,7 +2,7 @@
 
 A record becomes one chat turn: the user message is the record's instruction with the clip in front (the
 processor adds the ``<audio>`` tag, as ``audiomoe infer`` does), the assistant message its answer. With a
-:class:`~audiomoe.training.feature_cache.FeatureCache` the batch carries ``encoder_hidden`` / ``encoder_mask``
+:class:`~audiomoe.models.feature_cache.FeatureCache` the batch carries ``encoder_hidden`` / ``encoder_mask``
 instead of audio features, and the model skips its encoder.
 """
 
@@ -15,8 +15,8 @@ import torch
 
 from audiomoe.data.audio import load_audio
 from audiomoe.data.manifest import AudioRecord
+from audiomoe.models.feature_cache import FeatureCache
 from audiomoe.models.processor import AudioLanguageProcessor
-from audiomoe.training.feature_cache import FeatureCache
 
 
 class _CachedAudioProcessor(AudioLanguageProcessor):
