@@ -137,8 +137,9 @@ class FeatureCache:
                 todo.setdefault(key, str(path))
         if not todo:
             return 0
-        waves = {key: load_audio(path) for key, path in todo.items()}
-        order = sorted(waves, key=lambda k: -len(waves[k]))  # similar lengths together: little padding
+        # similar lengths together (little padding), by file size: audio is decoded one batch at a time, so the
+        # memory held is one batch of waveforms, not the whole corpus (3000 clips: ~0.5 GB of float32)
+        order = sorted(todo, key=lambda k: -os.path.getsize(todo[k]))
         blocks: list[np.ndarray] = []
         index: dict[str, list[int]] = {}
         row = 0
@@ -148,7 +149,7 @@ class FeatureCache:
         bar = tqdm(total=len(order), desc="encoder features", disable=not progress, leave=False)
         for begin in range(0, len(order), self.batch_size):
             keys = order[begin : begin + self.batch_size]
-            features, lengths = self.model.processor.extract_features([waves[k] for k in keys])
+            features, lengths = self.model.processor.extract_features([load_audio(todo[k]) for k in keys])
             # fp32 whatever autocast the caller runs under: the cache's identity does not include a precision
             with torch.autocast(device.type, enabled=False):
                 hidden, mask = self.model.encode_audio(features.to(device), lengths)
