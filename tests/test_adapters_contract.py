@@ -159,7 +159,9 @@ def test_yaml_config_with_overrides(tmp_path):
     assert (cfg.input_dim, cfg.num_experts, cfg.top_k, cfg.router, cfg.top_p) == (64, 4, 3, "top_p", 0.5)
     with pytest.raises(ConfigError, match="top_k"):
         load_config(MoEAdapterConfig, path, ["top_k=9"])
-    with pytest.raises(ConfigError, match="unknown config key"):
+    with pytest.raises(
+        ConfigError, match=r"^override 'topk=2' \(command line\): no key 'topk' .*did you mean 'top_k'"
+    ):
         load_config(MoEAdapterConfig, path, ["topk=2"])
     assert apply_overrides({"a": {"b": 1}}, ["a.c=[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
 

@@ -8,8 +8,10 @@ as well as a path.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -50,7 +52,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is typing.Literal:
         allowed = get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}")
+            hint = did_you_mean(str(value), [str(a) for a in allowed])
+            raise ConfigError(f"{where}: {value!r} is not one of {list(allowed)}{hint}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
@@ -105,8 +108,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         prefix = f"{where}." if where else ""
+        hints_text = "".join(did_you_mean(k, fields) for k in unknown)
         raise ConfigError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}; "
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}{hints_text}; "
             f"allowed: {', '.join(sorted(fields))}"
         )
     kwargs = {}
@@ -132,6 +136,59 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    """``" (did you mean 'lr'?)"`` for the closest of ``options``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_override_keys(cls: type, overrides: list[str]) -> None:
+    """Every dotted key of ``overrides`` must name a field of ``cls`` (walking nested dataclass sections; below a
+    free-form dict field anything goes). The error blames the command line, not the config file, and suggests the
+    closest key: ``override 'optim.lrr=1e-3' (command line): no key 'lrr' in optim (did you mean 'lr'?)``."""
+    for text in overrides:
+        path, _ = parse_override(text)
+        node: Any = cls
+        for depth, part in enumerate(path):
+            if not _is_dataclass_type(node):
+                break  # a dict / list / scalar-typed field: its contents are free-form
+            fields = {f.name: f for f in dataclasses.fields(node) if f.init}
+            if part not in fields:
+                section = ".".join(path[:depth]) or node.__name__
+                raise ConfigError(
+                    f"override {text!r} (command line): no key {part!r} in {section}{did_you_mean(part, fields)}; "
+                    f"keys there: {', '.join(sorted(fields))}"
+                )
+            node = _section_type(get_type_hints(node)[part])
+
+
+def _section_type(tp: Any) -> Any:
+    """The dataclass inside an ``X | None`` annotation, or the annotation itself."""
+    args = [a for a in get_args(tp) if a is not type(None)]
+    return args[0] if get_origin(tp) in (Union, types.UnionType) and len(args) == 1 else tp
+
+
+def add_override_arguments(parser: argparse.ArgumentParser, what: str = "config") -> None:
+    """The one override style of every command: positional ``key=value`` pairs, with ``--set key=value`` accepted
+    as an alias (repeatable). Read them back with :func:`overrides_of`."""
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help=f"dotted {what} overrides, e.g. a.b=1"
+    )
+    parser.add_argument(
+        "--set",
+        dest="set_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="same as KEY=VALUE",
+    )
+
+
+def overrides_of(args: argparse.Namespace) -> list[str]:
+    """Positional overrides then ``--set`` ones, in order (a later one wins)."""
+    return [*getattr(args, "overrides", []), *getattr(args, "set_overrides", [])]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -205,11 +262,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """YAML file (optional) + dotted overrides -> typed ``cls``."""
+    check_override_keys(cls, overrides or [])  # a typo on the command line is blamed there, not on the file
     data = load_yaml(path) if path else {}
     data = apply_overrides(data, overrides or [])
     try:
         return from_dict(cls, data)
     except ConfigError as err:
+        # a bad value that an override set is the command line's fault, not the file's
+        culprit = next(
+            (o for o in reversed(overrides or []) if str(err).startswith(o.split("=", 1)[0] + ":")), None
+        )
+        if culprit is not None:
+            raise ConfigError(f"override {culprit!r} (command line): {err}") from None
         raise ConfigError(f"{path}: {err}" if path else str(err)) from None
 
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from audiomoe.config import ConfigError, from_dict
+from audiomoe.config import ConfigError, did_you_mean, from_dict
 
 DownsampleKind = Literal["stack", "avgpool", "conv", "none"]
 
@@ -161,7 +161,9 @@ def adapter_config_from_dict(data: dict[str, Any]) -> AdapterConfig:
     """``{"type": "moe", ...}`` -> the typed config of that adapter (keys and values checked)."""
     kind = data.get("type")
     if kind not in ADAPTERS:
-        raise ConfigError(f"adapter type {kind!r} is unknown; choose one of {sorted(ADAPTERS)}")
+        raise ConfigError(
+            f"adapter type {kind!r} is unknown{did_you_mean(str(kind), ADAPTERS)}; choose one of {sorted(ADAPTERS)}"
+        )
     return from_dict(ADAPTERS[kind].config_cls, dict(data), where="adapter")
 
 

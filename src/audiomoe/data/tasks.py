@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from audiomoe.config import did_you_mean
 from audiomoe.text import normalize_text
 
 TASK_GROUPS: tuple[str, ...] = ("semantic", "paralinguistic", "sound", "music", "scene")
@@ -136,7 +137,8 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+        hint = did_you_mean(name, TASKS)
+        raise ValueError(f"unknown task {name!r}{hint}; known tasks: {', '.join(sorted(TASKS))}") from None
 
 
 def find_task_by_instruction(instruction: str) -> Task | None:

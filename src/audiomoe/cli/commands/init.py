@@ -10,6 +10,8 @@ import argparse
 import time
 from pathlib import Path
 
+from audiomoe.config import add_override_arguments, overrides_of
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from audiomoe.models.presets import PRESETS
@@ -24,14 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe")
     source.add_argument("--config", type=Path, help="an LALMConfig YAML file, or a shipped config name")
     parser.add_argument("--adapter", default=None, help="adapter type (linear, mlp, conv, qformer, moe, ...)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="dotted config override, e.g. adapter.num_experts=8 (repeatable)",
-    )
+    add_override_arguments(
+        parser, "model config"
+    )  # e.g. adapter.num_experts=8 (or --set adapter.num_experts=8)
     parser.add_argument("--out", type=Path, required=True, help="output model directory (new or empty)")
     parser.set_defaults(func=run)
 
@@ -43,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out.exists() and any(args.out.iterdir()):
         raise FileExistsError(f"{args.out} exists and is not empty; choose a new --out directory")
-    overrides = list(args.overrides)
+    overrides = overrides_of(args)
     if args.preset:
         config = build_preset(args.preset, adapter_type=args.adapter or "linear", overrides=overrides)
     else:

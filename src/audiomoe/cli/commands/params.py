@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from audiomoe.adapters.presets import PRESETS, count_parameters, preset_config
-from audiomoe.config import apply_overrides, load_yaml
+from audiomoe.config import add_override_arguments, apply_overrides, load_yaml, overrides_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,21 +15,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", choices=sorted(PRESETS), help="a named adapter preset")
     src.add_argument("--config", type=Path, help="YAML file with an adapter config (with 'type')")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the adapter config")
+    add_override_arguments(p, "adapter config")
     p.add_argument("--json", type=Path, help="also write the counts to this JSON file")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.preset:
-        config = preset_config(args.preset, **apply_overrides({}, args.overrides))
+        config = preset_config(args.preset, **apply_overrides({}, overrides_of(args)))
         name = args.preset
     else:
         data = load_yaml(args.config)
         data = data.get("adapter", data)  # accept a whole model config with an adapter section
         from audiomoe.adapters import adapter_config_from_dict
 
-        config = adapter_config_from_dict(apply_overrides(data, args.overrides))
+        config = adapter_config_from_dict(apply_overrides(data, overrides_of(args)))
         name = str(args.config)
     counts = count_parameters(config)
     share = counts["active_params"] / counts["total_params"]

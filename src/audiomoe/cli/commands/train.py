@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from audiomoe import runtime
+from audiomoe.config import add_override_arguments, overrides_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,9 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--config", required=True, help="training YAML path, or a shipped config name (audiomoe config list)"
     )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=1e-3"
-    )
+    add_override_arguments(parser, "training config")  # optim.lr=1e-3, or --set optim.lr=1e-3
     parser.add_argument(
         "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
     )
@@ -40,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from audiomoe.training.config import load_train_config
     from audiomoe.training.run import train
 
-    config = load_train_config(args.config, args.overrides)
+    config = load_train_config(args.config, overrides_of(args))
     runtime.configure_threads(args.threads)  # per torchrun rank: the idle cores are shared among local ranks
     result = train(config, resume=args.resume)
     if result.summary:
