@@ -168,3 +168,21 @@ def test_training_updates_sigmoid_router_bias_and_tracks_gradient_conflict(
     assert (
         set(bias.abs().unique().tolist()) <= {0.0, 0.01, 0.02, 0.03, 0.04} or bias.abs().max() <= 0.04 + 1e-6
     )
+
+
+def test_feature_cache_benchmark_runs_from_the_cli(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fc.json"
+    argv = [
+        "bench",
+        "feature-cache",
+        "--manifest",
+        str(corpus / "train.jsonl"),
+        "--preset",
+        "tiny",
+        "--llm",
+        "preset",
+    ]
+    assert cli([*argv, "--batch-size", "2", "--steps", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["cache_fill_clips"] == 8 and set(result["median_step_seconds"]) == {"recompute", "cache"}
+    assert result["speedup"] > 0 and result["steps"] == 2

@@ -1,1 +1,1 @@
-"""Benchmarks (speed is measured here, never in tests); scripts under ``benchmarks/`` call these."""
+"""Benchmarks behind `audiomoe bench NAME` (speed is measured here, never in tests)."""

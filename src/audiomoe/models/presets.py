@@ -52,6 +52,14 @@ def _small_qwen2(hidden: int, layers: int, heads: int, intermediate: int) -> dic
     }
 
 
+# The LLM size `audiomoe demo` trains (Qwen2, hidden x layers): a 15-minute CPU budget for 4 arms x 3 seeds.
+DEMO_LLM_SIZE = {
+    "hidden_size": 128,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "intermediate_size": 384,
+}
+
 # Width fields shrunk for the tiny preset, wherever an adapter's config has them (new adapters included).
 TINY_ADAPTER_WIDTHS = {"hidden_dim": 128, "expert_hidden_dim": 128}
 DEMO_ADAPTER_WIDTHS = {

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from audiomoe.models.presets import DEMO_LLM_SIZE
+
 ARMS = ("linear", "mlp", "moe", "dense-twin")
 REFERENCE_ARM = "moe"
 
@@ -33,11 +35,7 @@ class DemoSettings:
     # the held-out share of the corpus: test is sized so a 5-point difference in a task group is detectable
     splits: tuple[tuple[str, float], ...] = (("train", 0.6), ("dev", 0.05), ("test", 0.35))
     # the small Qwen2 LLM every arm starts from (pretrained on the corpus text with a BPE vocabulary)
-    llm: dict[str, int] = field(
-        default_factory=lambda: {
-            "hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 384,
-        }
-    )  # fmt: skip
+    llm: dict[str, int] = field(default_factory=lambda: dict(DEMO_LLM_SIZE))
     downsample_factor: int = (
         4  # encoder frames stacked into one adapter token (Whisper: 4 = 80 ms, the paper's)
     )
