@@ -26,9 +26,19 @@ def byte_chatml_tokenizer() -> PreTrainedTokenizerFast:
     ``<|endoftext|>`` (padding) and ``<|im_start|>``; ChatML chat template. 259 tokens, any text round-trips."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     # BPE with no merges over the byte alphabet = a plain byte tokenizer with GPT-2's printable byte mapping.
-    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    return _chatml(_byte_level(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[])))
+
+
+def _byte_level(model: models.Model) -> Tokenizer:
+    """A tokenizer backend over GPT-2's printable byte alphabet (any text round-trips)."""
+    backend = Tokenizer(model)
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def _chatml(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    """``backend`` with the ChatML special tokens (EOS ``<|im_end|>``, padding ``<|endoftext|>``) and template."""
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
@@ -43,25 +53,15 @@ def trained_bpe_chatml_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -
     """Byte-level BPE learned from ``texts`` (as GPT-2's, at a small vocabulary) with the special tokens and ChatML
     template of :func:`byte_chatml_tokenizer`. On a corpus with a small vocabulary almost every word becomes one
     token, so sequences are ~4x shorter than bytes; any other text still round-trips through the byte alphabet."""
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    specials = ["<|im_end|>", "<|endoftext|>", "<|im_start|>"]
+    backend = _byte_level(models.BPE())
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=specials,
+        special_tokens=["<|im_end|>", "<|endoftext|>", "<|im_start|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
+    return _chatml(backend)
 
 
 BUILTIN_TOKENIZERS: dict[str, Callable[[], PreTrainedTokenizerBase]] = {"bytes": byte_chatml_tokenizer}

@@ -66,30 +66,27 @@ def run_adapter(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
 
     result = run_benchmark(args.shape, repeats=args.repeats, dtype=args.dtype)
-    print(format_table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
+    return report(result, format_table(result), args.json)
 
 
 def run_contention(args: argparse.Namespace) -> int:
     from audiomoe.benchmarks.contention import format_report, run_benchmark
 
     result = run_benchmark(args.steps, args.repeats, args.phase_seconds, args.precision, preset=args.preset)
-    print(format_report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
+    return report(result, format_report(result), args.json)
 
 
 def run_feature_cache(args: argparse.Namespace) -> int:
     from audiomoe.benchmarks.feature_cache import format_result, run_benchmark
 
     result = run_benchmark(args.manifest, args.preset, args.encoder, args.llm, args.batch_size, args.steps)
-    print(format_result(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    return report(result, format_result(result), args.json)
+
+
+def report(result: dict, text: str, json_path: Path | None) -> int:
+    """Every benchmark's ending: its table printed, the full result as JSON when asked."""
+    print(text)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {json_path}")
     return 0
