@@ -120,3 +120,26 @@ def test_import_folder_by_pattern_and_csv(tmp_path: Path) -> None:
     report = import_folder(root, "sound_event", tmp_path / "c.jsonl", csv_path=tmp_path / "labels.csv")
     (record,) = read_manifest(tmp_path / "c.jsonl")
     assert record.answer == "dog" and record.attributes == {"room": "kitchen"} and record.duration == 0.5
+
+
+def test_a_registered_schema_reads_a_users_own_manifest_format(tmp_path: Path) -> None:
+    from audiomoe.data import manifest
+
+    saved = dict(manifest.SCHEMAS)
+    try:
+
+        @manifest.register_schema("wavlabel", ("wav", "label"))
+        def parse(obj: dict, line: int) -> manifest.AudioRecord:
+            return manifest.AudioRecord(key=f"line{line}", audio=obj["wav"], task="gender",
+                                        instruction="Is the speaker male or female?", answer=obj["label"])  # fmt: skip
+
+        (tmp_path / "a.wav").write_bytes(b"")
+        (tmp_path / "m.jsonl").write_text(json.dumps({"wav": "a.wav", "label": "female"}) + "\n")
+        (record,) = manifest.read_manifest(tmp_path / "m.jsonl")
+        assert (record.key, record.answer, record.audio) == ("line1", "female", str(tmp_path / "a.wav"))
+        assert list(manifest.SCHEMAS)[0] == "wavlabel"  # tried before the built-in schemas
+        with pytest.raises(manifest.ManifestError, match=r"expected one of: wavlabel \{wav, label, \.\.\.\}"):
+            manifest.parse_line(json.dumps({"foo": 1}), 1)
+    finally:
+        manifest.SCHEMAS.clear()
+        manifest.SCHEMAS.update(saved)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -212,14 +212,29 @@ SCHEMAS: dict[str, tuple[tuple[str, ...], Any]] = {
 }
 
 
+def register_schema(name: str, markers: tuple[str, ...]) -> Callable[[Any], Any]:
+    """Decorator registering ``parse(obj: dict, line: int) -> AudioRecord`` as the manifest schema ``name``: a line
+    whose keys include every one of ``markers`` is parsed by it. Registered schemas are tried before the built-in
+    ones, so a user's format may share a marker key with them. (A plugin module is the place for this.)"""
+    if not markers:
+        raise ValueError(f"schema {name!r}: give at least one marker key")
+
+    def add(parse: Any) -> Any:
+        # in place and in front: the dict keeps its identity for whoever imported it
+        rest = {k: v for k, v in SCHEMAS.items() if k != name}
+        SCHEMAS.clear()
+        SCHEMAS.update({name: (tuple(markers), parse), **rest})
+        return parse
+
+    return add
+
+
 def detect_schema(obj: dict[str, Any]) -> str:
     for name, (markers, _) in SCHEMAS.items():
         if all(k in obj for k in markers):
             return name
-    raise ManifestError(
-        f"unknown schema (keys {sorted(obj)}); expected native {{audio, task, answer, ...}}, "
-        "slam {key, source, target} or messages {messages, audios}"
-    )
+    known = "; ".join(f"{name} {{{', '.join(markers)}, ...}}" for name, (markers, _) in SCHEMAS.items())
+    raise ManifestError(f"unknown schema (keys {sorted(obj)}); expected one of: {known}")
 
 
 def parse_line(text: str, line: int, base_dir: Path | None = None) -> AudioRecord:
