@@ -23,6 +23,7 @@ import json
 import resource
 import time
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from audiomoe.config import to_dict
@@ -94,10 +95,12 @@ def run_demo(
     corpus_dir = out / f"corpus{tag}"
     corpus = ensure_corpus(corpus_dir, settings.clips, settings.corpus_seed, dict(settings.splits))
     train_manifest = corpus_dir / "train.jsonl"
-    views = {"records": len(read_manifest(train_manifest)), "asr_views": 0}
+    views = None
     if settings.asr_views:
         views = write_asr_views(train_manifest, corpus_dir / "train-asr.jsonl")
         train_manifest = corpus_dir / "train-asr.jsonl"
+    train_records = read_manifest(train_manifest)  # read once: encoding and the precision probe use it
+    views = views or {"records": len(train_records), "asr_views": 0}
     t = lap("corpus", started)
     if settings.foundation_steps:
         foundation = ensure_foundation(out / f"foundation{tag}", settings, corpus_dir / "train.jsonl")
@@ -112,9 +115,9 @@ def run_demo(
     test_records = read_manifest(test_manifest)
     held_out = [r for split in ANALYSIS_SPLITS for r in read_manifest(corpus_dir / f"{split}.jsonl")]
     cache_dir = out / "cache"
-    # Every clip the arms will read, encoded once here with all cores; the workers only read the cache.
+    # Every clip the arms will read, encoded once here; the workers only read the cache.
     FeatureCache(cache_dir, probe).ensure(
-        sorted({r.audio for r in read_manifest(train_manifest) + held_out}), progress=not quick
+        sorted({r.audio for r in train_records + held_out}), progress=not quick
     )
     t = lap("encode", t)
     # bf16 only where native (runtime) *and* faster for this workload (a few timed steps of an arm's model)
@@ -123,7 +126,7 @@ def run_demo(
     arm_model = AudioLanguageModel(
         build_preset(settings.preset, "moe", adapter=strip_dims(adapters[REFERENCE_ARM]), **overrides)
     )
-    records = read_manifest(train_manifest)[: settings.batch_size]
+    records = train_records[: settings.batch_size]
     batcher = RecordBatcher(records, arm_model.processor, FeatureCache(cache_dir, arm_model))
     precision_choice = faster_precision(
         arm_model.train(), batcher.batch(records, [r.instruction for r in records]), candidates
@@ -170,7 +173,7 @@ def run_demo(
     analysis = analyze_arms(seed0, held_out, cache_dir, out / "analysis") if settings.analyse else {}
     t = lap("analysis", t)
 
-    arms = {arm: summarise_arm(arm, adapters[arm], [r for r in results if r["arm"] == arm], evals[arm])
+    arms = {arm: summarise_arm(adapters[arm], [r for r in results if r["arm"] == arm], evals[arm])
             for arm in settings.arms}  # fmt: skip
     report = {
         "scale": "toy",
@@ -206,13 +209,9 @@ def run_demo(
 
 
 def summarise_arm(
-    arm: str, adapter: dict[str, Any], runs: list[dict[str, Any]], evals: list[dict[str, Any]]
+    adapter: dict[str, Any], runs: list[dict[str, Any]], evals: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """One arm over its seeds: parameters, mean training time and loss, modality gap per seed, the run dirs."""
-
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values)
-
     gaps: dict[str, list[dict[str, float]]] = {}
     for e in evals:
         for task, gap in e.get("modality_gap", {}).items():
@@ -222,10 +221,10 @@ def summarise_arm(
         "params_total": runs[0]["params_total"],
         "params_active": runs[0]["params_active"],
         "llm_params": runs[0]["llm_params"],
-        "train_seconds_mean": round(mean([r["train_seconds"] for r in runs]), 1),
-        "final_loss_mean": mean([r["final_loss"] for r in runs]),
+        "train_seconds_mean": round(fmean([r["train_seconds"] for r in runs]), 1),
+        "final_loss_mean": fmean([r["final_loss"] for r in runs]),
         "modality_gap": {
-            task: {k: mean([g[k] for g in per_seed]) for k in ("audio", "text", "gap")}
+            task: {k: fmean([g[k] for g in per_seed]) for k in ("audio", "text", "gap")}
             | {"seeds": len(per_seed)}
             for task, per_seed in gaps.items()
         },
