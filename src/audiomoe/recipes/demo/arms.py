@@ -11,9 +11,9 @@ from __future__ import annotations
 import gc
 import json
 import multiprocessing as mp
-import os
 import resource
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -31,7 +31,7 @@ from audiomoe.evaluation.runner import GenerationSettings
 from audiomoe.models.feature_cache import FeatureCache
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.recipes.demo.settings import DemoSettings
-from audiomoe.runtime import autocast
+from audiomoe.runtime import autocast, usable_cores
 from audiomoe.training.config import TrainConfig
 from audiomoe.training.run import train
 
@@ -159,7 +159,7 @@ def faster_precision(
                     times[precision].append(time.perf_counter() - begin)
     finally:
         torch.set_num_threads(threads)
-    medians = {c: sorted(t)[len(t) // 2] for c, t in times.items()}
+    medians = {c: statistics.median(t) for c, t in times.items()}
     # the first candidate (fp32) unless another is clearly faster: a coin flip between two equal timings
     # would make reruns on the same machine train in different precisions
     chosen = min(medians, key=medians.get)
@@ -178,7 +178,7 @@ def _one_thread_worker() -> None:
 
 def default_workers() -> int:
     """One worker per core this process may run on."""
-    return max(1, len(os.sched_getaffinity(0)))
+    return usable_cores()
 
 
 def run_arms(
