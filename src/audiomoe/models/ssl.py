@@ -28,7 +28,13 @@ from transformers import (
 )
 
 from audiomoe.config import ConfigError
-from audiomoe.models.base import AudioEncoder, EncoderConfig, register_encoder
+from audiomoe.models.base import (
+    AudioEncoder,
+    EncoderConfig,
+    check_output_layers,
+    mix_hidden_states,
+    register_encoder,
+)
 from audiomoe.tensors import lengths_to_mask
 
 SSL_FAMILIES = ("wav2vec2", "hubert", "wavlm")
@@ -46,7 +52,8 @@ class SSLAudioEncoder(AudioEncoder):
             )
         self.config = config
         self.model = model
-        self.hidden_size = model.config.hidden_size
+        check_output_layers(config, model.config.num_hidden_layers)
+        self.hidden_size = model.config.hidden_size * max(1, len(config.output_layers))
         self.sampling_rate = getattr(feature_extractor, "sampling_rate", 16000)
         self._feature_extractor = feature_extractor
         # wav2vec2-base style models (group norm in the conv stack) were trained without an attention mask:
@@ -78,13 +85,12 @@ class SSLAudioEncoder(AudioEncoder):
         out = self.model(
             input_values=inputs,
             attention_mask=sample_mask.long() if self.use_attention_mask else None,
-            output_hidden_states=self.layer_weights is not None,
+            output_hidden_states=self.layer_weights is not None or bool(self.config.output_layers),
         )
-        if self.layer_weights is None:
+        if out.hidden_states is None:
             hidden = out.last_hidden_state
         else:
-            weights = torch.softmax(self.layer_weights, dim=0).to(out.last_hidden_state.dtype)
-            hidden = torch.einsum("l,lbtc->btc", weights, torch.stack(out.hidden_states))
+            hidden = mix_hidden_states(out.hidden_states, self.config, self.layer_weights)
         frames = self.output_lengths(lengths)
         mask = lengths_to_mask(frames.to(hidden.device), hidden.shape[1])
         return hidden, mask

@@ -29,7 +29,13 @@ from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from audiomoe.config import ConfigError
-from audiomoe.models.base import AudioEncoder, EncoderConfig, register_encoder
+from audiomoe.models.base import (
+    AudioEncoder,
+    EncoderConfig,
+    check_output_layers,
+    mix_hidden_states,
+    register_encoder,
+)
 from audiomoe.tensors import lengths_to_mask
 
 # Prefixes under which the encoder sits in WhisperForConditionalGeneration / WhisperModel checkpoints.
@@ -105,7 +111,8 @@ class WhisperAudioEncoder(AudioEncoder):
         self.config = config
         self.encoder = encoder
         wc = encoder.config
-        self.hidden_size = wc.d_model
+        check_output_layers(config, wc.encoder_layers)
+        self.hidden_size = wc.d_model * max(1, len(config.output_layers))
         self.n_mels = wc.num_mel_bins
         self.window = 2 * wc.max_source_positions  # mel frames per window (3000 = 30 s for real Whisper)
         self._feature_extractor = feature_extractor or WhisperFeatureExtractor(
@@ -179,10 +186,7 @@ class WhisperAudioEncoder(AudioEncoder):
             x = layer(x, attn_mask)
             states.append(x)
         states[-1] = enc.layer_norm(x)
-        if self.layer_weights is None:
-            return states[-1]
-        weights = torch.softmax(self.layer_weights, dim=0).to(x.dtype)
-        return torch.einsum("l,lntc->ntc", weights, torch.stack(states))
+        return mix_hidden_states(states, self.config, self.layer_weights)
 
     def _pad_with_silence(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Pad/fill to the full window with each clip's floor value (what Whisper's log-mel gives for silence)."""
