@@ -69,3 +69,16 @@ def test_demo_quick_reports_seeds_intervals_and_paired_differences(tmp_path: Pat
     for path in analysis["plots"].values():
         assert path.startswith("analysis/") and (tmp_path / path).stat().st_size > 1000, path
         assert f"]({path})" in markdown
+
+    # --resume keeps every finished (arm, seed) run of the same settings, whatever else is selected
+    eval_file = tmp_path / "runs" / "moe" / "seed-1" / "eval.json"
+    before = eval_file.stat().st_mtime_ns
+    assert (
+        cli(["demo", "--out", str(tmp_path), "--quick", "--resume", "arms=[linear,moe]", "analyse=false"])
+        == 0
+    )
+    resumed = json.loads((tmp_path / "report.json").read_text())
+    assert resumed["reused_runs"] == 6 and set(resumed["arms"]) == {"linear", "moe"}
+    assert eval_file.stat().st_mtime_ns == before
+    means = {g: v["mean"] for g, v in comparison["arms"]["moe"]["groups"].items()}
+    assert {g: v["mean"] for g, v in resumed["comparison"]["arms"]["moe"]["groups"].items()} == means

@@ -6,11 +6,15 @@ intervals and paired tests. What ``make demo`` runs.
     audiomoe demo --out demo-out --seeds 5    # more seeds: tighter intervals, longer run
     audiomoe demo --out demo-out --quick      # a smoke test of the same pipeline (tiny random encoder, 3 seeds)
     audiomoe demo --out experiment-out --profile experiment   # real SmolLM2-135M (LoRA): make experiment
+    audiomoe demo --out demo-out steps=800 batch_size=16      # settings overridden (recipes/demo/settings.py)
+    audiomoe demo --out experiment-out --profile experiment --resume   # keep finished runs, continue the rest
 """
 
 from __future__ import annotations
 
 import argparse
+
+from audiomoe.config import add_override_arguments, overrides_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["full", "quick", "experiment"],
         help="full: the toy demo; quick: = --quick; experiment: real Whisper tiny.en + SmolLM2-135M, MoE vs dense",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the (arm, seed) runs an earlier demo in --out finished with the same settings, and continue "
+        "interrupted ones from their checkpoints",
+    )
+    add_override_arguments(parser, "demo settings (fields of DemoSettings)")
     parser.set_defaults(func=run)
 
 
@@ -41,7 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from audiomoe.recipes.demo import run_demo
 
     report = run_demo(
-        args.out, quick=args.quick, seeds=args.seeds, workers=args.workers, profile=args.profile
+        args.out,
+        quick=args.quick,
+        seeds=args.seeds,
+        workers=args.workers,
+        profile=args.profile,
+        overrides=overrides_of(args),
+        resume=args.resume,
     )
     print(
         f"\nreport: {args.out}/report.md ({report['wall_seconds']:.0f} s, peak RSS {report['peak_rss_gib']} GiB)"

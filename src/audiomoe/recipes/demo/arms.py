@@ -36,6 +36,10 @@ from audiomoe.training.config import TrainConfig
 from audiomoe.training.run import train
 
 EVAL_FILE = "eval.json"
+JOB_FILE = (
+    "demo-job.json"  # the job a run directory holds: --resume reuses the directory only for the same job
+)
+RESULT_FILE = "arm-result.json"  # written last: its presence means the run trained, saved and evaluated
 PRECISION_MARGIN = 0.9  # bf16 must be at least 10% faster per step than fp32 to be chosen
 
 
@@ -78,20 +82,41 @@ class ArmJob:
     test_manifest: str
     cache_dir: str
     run_dir: str
+    resume: bool = False  # reuse a finished run of the same job, continue an interrupted one
+
+
+# settings that choose which runs exist or how they are scheduled, not what one (arm, seed) run does
+RUN_SET_FIELDS = ("seeds", "arms", "workers", "analyse")
+
+
+def job_identity(job: ArmJob) -> dict[str, Any]:
+    """What makes two jobs the same run, as JSON-ready data: everything but the resume flag and the settings
+    that only select or schedule runs (so ``--seeds 5 --resume`` keeps seeds 0-2)."""
+    identity = {k: v for k, v in to_dict(job).items() if k != "resume"}
+    identity["settings"] = {k: v for k, v in identity["settings"].items() if k not in RUN_SET_FIELDS}
+    return identity
 
 
 def run_arm(job: ArmJob) -> dict[str, Any]:
     """Train one arm with one seed, evaluate it on the test split (with the modality gap), write ``eval.json``
-    beside the run (``audiomoe compare`` reads it) and return the summary the report needs."""
+    beside the run (``audiomoe compare`` reads it) and return the summary the report needs.
+
+    With ``job.resume`` a run directory that holds the same job (``demo-job.json``) is kept: finished (its
+    ``arm-result.json`` written), its result is returned as it is; interrupted, training continues from its
+    latest checkpoint (exactly, as ``audiomoe train --resume``). Any other directory is replaced by a fresh run.
+    Resuming trusts that the code has not changed since the run began."""
     run_dir = Path(job.run_dir)
-    if run_dir.exists():
+    identity = job_identity(job)
+    same_job = job.resume and _read_json(run_dir / JOB_FILE) == json.loads(json.dumps(identity))
+    if same_job and (run_dir / RESULT_FILE).is_file():
+        return json.loads((run_dir / RESULT_FILE).read_text()) | {"reused": True}
+    if run_dir.exists() and not same_job:
         shutil.rmtree(run_dir)  # same arm and seed, fresh run: the report must describe this run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / JOB_FILE).write_text(json.dumps(identity, indent=1) + "\n")
     settings = job.settings
     adapter = strip_dims(job.adapter)
-    # the foundation LLM, or (no llm_dir) the preset's own pretrained one
-    overrides = (
-        {"llm": {"path": job.llm_dir, "tokenizer": job.llm_dir, "config": None}} if job.llm_dir else {}
-    )
+    overrides = settings.model_overrides(job.llm_dir)  # the foundation LLM, the encoder's states
     config = from_dict(
         TrainConfig,
         {
@@ -103,7 +128,7 @@ def run_arm(job: ArmJob) -> dict[str, Any]:
             "precision": job.precision, "progress": False, "tensorboard": False,
         },
     )  # fmt: skip
-    result = train(config)
+    result = train(config, resume=same_job)
     model = AudioLanguageModel.from_pretrained(result.model_dir).eval()
     records = read_manifest(job.test_manifest)
     generation = GenerationSettings(
@@ -117,7 +142,7 @@ def run_arm(job: ArmJob) -> dict[str, Any]:
     params = result.summary["params"]
     del model
     gc.collect()
-    return {
+    summary = {
         "arm": job.arm,
         "seed": job.seed,
         "params_total": params["adapter"]["total"],
@@ -131,6 +156,16 @@ def run_arm(job: ArmJob) -> dict[str, Any]:
         # this worker's peak so far (workers are reused, so an upper bound for this job); KiB on Linux
         "worker_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
+    (run_dir / RESULT_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _read_json(path: Path) -> Any:
+    """The file's JSON, or None when it is missing or torn (a run killed while writing it)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def faster_precision(

@@ -66,15 +66,19 @@ def run_demo(
     seeds: int | None = None,
     workers: int | None = None,
     profile: str = "full",
+    overrides: list[str] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run everything; writes ``out/report.md`` and ``out/report.json`` and returns the report.
 
     ``profile``: ``full`` (the toy demo), ``quick`` (the smoke test; also ``quick=True``) or ``experiment``
-    (real pretrained LLM, ``make experiment``)."""
+    (real pretrained LLM, ``make experiment``). ``overrides``: ``key=value`` on the profile's
+    :class:`DemoSettings`. ``resume``: keep the (arm, seed) runs of an earlier call with the same settings,
+    finished or interrupted (see :func:`~audiomoe.recipes.demo.arms.run_arm`)."""
     profile = "quick" if quick else profile
     if profile not in PROFILES:
         raise ValueError(f"unknown demo profile {profile!r}; choose one of {sorted(PROFILES)}")
-    settings: DemoSettings = PROFILES[profile]
+    settings: DemoSettings = PROFILES[profile].with_overrides(overrides or [])
     if seeds is not None:
         settings = settings.with_seeds(seeds)
     out = Path(out)
@@ -144,15 +148,16 @@ def run_demo(
     jobs = [
         ArmJob(arm=arm, seed=seed, adapter=adapters[arm], settings=settings, precision=precision,
                llm_dir=foundation.get("path", ""), train_manifest=str(train_manifest), test_manifest=str(test_manifest),
-               cache_dir=str(cache_dir), run_dir=str(out / "runs" / arm / f"seed-{seed}"))
+               cache_dir=str(cache_dir), run_dir=str(out / "runs" / arm / f"seed-{seed}"), resume=resume)
         for seed in settings.seeds
         for arm in settings.arms
     ]  # fmt: skip
 
     def done(result: dict[str, Any]) -> None:
+        reused = " (reused: --resume)" if result.get("reused") else ""
         print(
             f"[demo] {result['arm']} seed {result['seed']}: trained in {result['train_seconds']:.0f} s, "
-            f"evaluated in {result['eval_seconds']:.0f} s",
+            f"evaluated in {result['eval_seconds']:.0f} s{reused}",
             flush=True,
         )
 
@@ -185,6 +190,7 @@ def run_demo(
         "precision": precision,
         "precision_choice": precision_choice,
         "workers": n_workers,
+        "reused_runs": sum(bool(r.get("reused")) for r in results),
         "threads_per_worker": 1 if n_workers > 1 else machine.get("threads"),
         "corpus": {k: corpus.get(k) for k in ("out_dir", "n", "seed", "splits", "seconds", "reused")}
         | {

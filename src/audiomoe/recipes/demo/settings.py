@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from audiomoe.config import apply_overrides, check_override_keys, from_dict, to_dict
 from audiomoe.models.presets import DEMO_LLM_SIZE
 
 ARMS = ("linear", "mlp", "moe", "dense-twin")
@@ -40,6 +41,9 @@ class DemoSettings:
         4  # encoder frames stacked into one adapter token (Whisper: 4 = 80 ms, the paper's)
     )
     vocab_size: int = 512  # BPE learned on the corpus text: nearly every corpus word is one token
+    # the encoder states the adapter reads, concatenated (models.base.EncoderConfig.output_layers): the first
+    # block keeps the speaker, pitch and timbre the last one drops (the README's layer probe); () = the last only
+    encoder_layers: tuple[int, ...] = (1, -1)
     asr_views: bool = True  # every training clip with speech is also a transcription example
     max_new_tokens: int = 24
     eval_batch_size: int = 64
@@ -52,8 +56,19 @@ class DemoSettings:
     # (``foundation_steps`` > 0 pretrains the small LLM above on the corpus text)
 
     def model_overrides(self, llm_dir: str) -> dict[str, Any]:
-        """The preset's fields this run replaces: the foundation LLM (``llm_dir``; "" keeps the preset's own)."""
-        return {"llm": {"path": llm_dir, "tokenizer": llm_dir, "config": None}} if llm_dir else {}
+        """The preset's fields this run replaces: the foundation LLM (``llm_dir``; "" keeps the preset's own) and
+        the encoder states the adapter reads."""
+        overrides: dict[str, Any] = {"encoder": {"output_layers": list(self.encoder_layers)}}
+        if llm_dir:
+            overrides["llm"] = {"path": llm_dir, "tokenizer": llm_dir, "config": None}
+        return overrides
+
+    def with_overrides(self, overrides: list[str]) -> DemoSettings:
+        """These settings with dotted ``key=value`` overrides applied (``steps=800``, ``arms=[linear,moe]``)."""
+        if not overrides:
+            return self
+        check_override_keys(DemoSettings, overrides)
+        return from_dict(DemoSettings, apply_overrides(to_dict(self), overrides), where="demo settings")
 
     def with_seeds(self, count: int) -> DemoSettings:
         if count < 1:
@@ -76,5 +91,6 @@ QUICK = DemoSettings(
 EXPERIMENT = DemoSettings(
     preset="real-small", clips=3000, steps=400, batch_size=8, lr=1e-3, foundation_steps=0, mlp_hidden=768,
     experts=8, top_k=2, trim_probe_clips=48, arms=("mlp", "moe"), max_new_tokens=32, eval_batch_size=32,
+    encoder_layers=(),
 )  # fmt: skip
 PROFILES = {"full": FULL, "quick": QUICK, "experiment": EXPERIMENT}
