@@ -220,3 +220,10 @@ def test_ssl_from_local_dir_and_errors(tmp_path):
         build_encoder({"type": "ssl", "config": TINY_SSL})
     with pytest.raises(ValueError, match="waveforms"):
         enc(torch.randn(1, 16, 10), torch.tensor([10]))
+
+
+def test_feature_cache_identity_tells_tapped_layers_apart():
+    from audiomoe.models.feature_cache import encoder_identity
+
+    plain, default, layered = whisper(), whisper(output_layers=[]), whisper(output_layers=[1, -1])
+    assert encoder_identity(plain) == encoder_identity(default) != encoder_identity(layered)

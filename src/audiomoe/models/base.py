@@ -70,6 +70,7 @@ class AudioEncoder(nn.Module):
 
     config: EncoderConfig
     hidden_size: int
+    num_hidden_states: int  # the embedding output and every block's: what output_layers indexes
     sampling_rate: int = 16000
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

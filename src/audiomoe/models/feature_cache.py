@@ -19,6 +19,7 @@ Only frames inside the clip are stored (``encoder_mask`` True); batches are re-p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -51,7 +52,14 @@ def encoder_identity(encoder: torch.nn.Module) -> str:
     config = getattr(encoder, "config", None)
     if config is not None:
         # Where the weights came from (path / config dict) does not matter, what they are does (hashed below).
-        behaviour = {k: v for k, v in to_dict(config).items() if k not in ("path", "config")}
+        # Fields at their default are left out: an option added later (at a default that keeps the old
+        # behaviour) must not invalidate every cache written before it existed.
+        defaults = to_dict(type(config)()) if dataclasses.is_dataclass(config) else {}
+        behaviour = {
+            k: v
+            for k, v in to_dict(config).items()
+            if k not in ("path", "config") and (k not in defaults or v != defaults[k])
+        }
         digest.update(json.dumps(behaviour, sort_keys=True, default=str).encode())
     for name, module in encoder.named_modules():
         hf_config = getattr(module, "config", None)

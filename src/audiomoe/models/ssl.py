@@ -54,6 +54,7 @@ class SSLAudioEncoder(AudioEncoder):
         self.model = model
         check_output_layers(config, model.config.num_hidden_layers)
         self.hidden_size = model.config.hidden_size * max(1, len(config.output_layers))
+        self.num_hidden_states = model.config.num_hidden_layers + 1
         self.sampling_rate = getattr(feature_extractor, "sampling_rate", 16000)
         self._feature_extractor = feature_extractor
         # wav2vec2-base style models (group norm in the conv stack) were trained without an attention mask:

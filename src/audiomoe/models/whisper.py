@@ -113,6 +113,7 @@ class WhisperAudioEncoder(AudioEncoder):
         wc = encoder.config
         check_output_layers(config, wc.encoder_layers)
         self.hidden_size = wc.d_model * max(1, len(config.output_layers))
+        self.num_hidden_states = wc.encoder_layers + 1
         self.n_mels = wc.num_mel_bins
         self.window = 2 * wc.max_source_positions  # mel frames per window (3000 = 30 s for real Whisper)
         self._feature_extractor = feature_extractor or WhisperFeatureExtractor(

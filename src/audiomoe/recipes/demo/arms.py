@@ -32,6 +32,7 @@ from audiomoe.models.feature_cache import FeatureCache
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.recipes.demo.settings import DemoSettings
 from audiomoe.runtime import autocast, usable_cores
+from audiomoe.training.checkpoint import latest_checkpoint
 from audiomoe.training.config import TrainConfig
 from audiomoe.training.run import train
 
@@ -110,6 +111,8 @@ def run_arm(job: ArmJob) -> dict[str, Any]:
     same_job = job.resume and _read_json(run_dir / JOB_FILE) == json.loads(json.dumps(identity))
     if same_job and (run_dir / RESULT_FILE).is_file():
         return json.loads((run_dir / RESULT_FILE).read_text()) | {"reused": True}
+    # an interrupted run of this job continues from its checkpoint; before its first one there is nothing to keep
+    same_job = same_job and latest_checkpoint(run_dir / "checkpoints") is not None
     if run_dir.exists() and not same_job:
         shutil.rmtree(run_dir)  # same arm and seed, fresh run: the report must describe this run
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,6 +128,7 @@ def run_arm(job: ArmJob) -> dict[str, Any]:
                      "feature_cache": job.cache_dir},
             "optim": {"lr": settings.lr}, "schedule": {"warmup_steps": max(1, settings.steps // 10)},
             "steps": settings.steps, "seed": job.seed, "out_dir": str(run_dir), "log_every": 25,
+            "checkpoint_every": settings.checkpoint_every,
             "precision": job.precision, "progress": False, "tensorboard": False,
         },
     )  # fmt: skip

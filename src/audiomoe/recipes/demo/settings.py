@@ -49,6 +49,9 @@ class DemoSettings:
     eval_batch_size: int = 64
     foundation_block: int = 64
     precision: str = "auto"  # resolved by the machine (audiomoe.runtime): bf16 only where it is native
+    checkpoint_every: int = (
+        0  # steps between an arm's checkpoints (0: only the final one); --resume continues there
+    )
     workers: int = 0  # processes that train arms side by side, one thread each (0: one per free core)
     analyse: bool = True
     arms: tuple[str, ...] = ARMS
@@ -91,6 +94,6 @@ QUICK = DemoSettings(
 EXPERIMENT = DemoSettings(
     preset="real-small", clips=3000, steps=400, batch_size=8, lr=1e-3, foundation_steps=0, mlp_hidden=768,
     experts=8, top_k=2, trim_probe_clips=48, arms=("mlp", "moe"), max_new_tokens=32, eval_batch_size=32,
-    encoder_layers=(),
+    encoder_layers=(), checkpoint_every=100,
 )  # fmt: skip
 PROFILES = {"full": FULL, "quick": QUICK, "experiment": EXPERIMENT}
