@@ -348,3 +348,87 @@ def test_dense_adapter_has_no_routing_and_batcher_refuses_when_stopped() -> None
         batcher.submit(Job(prompt, loop=None))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_batch"):
         DynamicBatcher(dense, max_batch=0)
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("needs Debian's chromium + chromedriver (`make test` installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 "--autoplay-policy=no-user-gesture-required"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def wait_for_state(driver, states: tuple[str, ...], seconds: float = 30.0) -> str:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, seconds).until(
+        lambda d: d.find_element("id", "status").get_attribute("data-state") in states
+    )
+    return driver.find_element("id", "status").get_attribute("data-state")
+
+
+def test_playground_upload_streams_the_answer_and_shows_the_routing(
+    server: Running, model, browser, tmp_path: Path
+) -> None:
+    wave = tone(660, seconds=1.5)
+    path = tmp_path / "clip.wav"
+    path.write_bytes(wav_bytes(wave))
+    browser.get(server.url + "/")
+    assert browser.title == "audiomoe playground"
+    assert browser.find_element("id", "model-name").text == MODEL
+    browser.find_element("id", "audio-file").send_keys(str(path))
+    wait_for_state(browser, ("ready",))
+    question = browser.find_element("id", "question")
+    question.clear()
+    question.send_keys("Which sound is this?")
+    max_tokens = browser.find_element("id", "max-tokens")
+    max_tokens.clear()
+    max_tokens.send_keys("10")
+    browser.find_element("id", "ask").click()
+    assert wait_for_state(browser, ("done", "error")) == "done", browser.find_element("id", "status").text
+
+    # The WAV travelled as sent: the same greedy answer as in-process (read as DOM text, not as rendered).
+    answer = browser.execute_script("return document.getElementById('answer').textContent")
+    # Decoded by the browser and re-read by soundfile: 16-bit PCM, so the samples are the file's, exactly.
+    assert answer == expected(model, sf.read(path, dtype="float32")[0], 10, "Which sound is this?")
+    image = browser.execute_script(
+        "const i = document.getElementById('routing-image'); return [i.complete, i.naturalWidth, i.hidden]"
+    )
+    assert image[0] and image[1] > 300 and not image[2], image
+    shares = browser.execute_script(
+        "return [...document.querySelectorAll('.load-bar')].map(b => Number(b.dataset.share))"
+    )
+    routing = clip_routing(model, sf.read(path, dtype="float32")[0])
+    assert len(shares) == routing["num_experts"]
+    assert np.allclose(shares, routing["load"], atol=1e-5)
+    note = browser.find_element("id", "routing-note").text
+    assert f"{routing['frames']} frames" in note and "8 experts" in note
+
+
+def test_playground_records_from_the_microphone(server: Running, browser) -> None:
+    # Chromium's fake capture device stands in for a microphone: record, stop, ask.
+    browser.get(server.url + "/")
+    browser.find_element("id", "record").click()
+    wait_for_state(browser, ("recording", "error"))
+    time.sleep(1.0)
+    browser.find_element("id", "stop").click()
+    assert wait_for_state(browser, ("ready", "error")) == "ready", browser.find_element("id", "status").text
+    assert "recording (wav" in browser.find_element("id", "clip-info").text
+    browser.find_element("id", "ask").click()
+    assert wait_for_state(browser, ("done", "error")) == "done", browser.find_element("id", "status").text
+    assert browser.execute_script("return document.getElementById('answer').textContent")
+    assert browser.execute_script("return document.getElementById('routing-image').naturalWidth") > 300
