@@ -7,6 +7,7 @@ whether it was streamed, batched with other requests, or answered alone.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import http.client
@@ -28,7 +29,7 @@ import uvicorn
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.models.presets import build_preset
 from audiomoe.serve.app import ServeSettings, create_app
-from audiomoe.serve.batcher import DynamicBatcher, Job, NotRunning
+from audiomoe.serve.batcher import DynamicBatcher, Event, Job, NotRunning, collate, prepare
 from audiomoe.serve.protocol import Prompt
 from audiomoe.serve.routing import clip_routing
 
@@ -345,9 +346,68 @@ def test_dense_adapter_has_no_routing_and_batcher_refuses_when_stopped() -> None
     batcher = DynamicBatcher(dense)
     prompt = Prompt([{"role": "user", "content": "hi"}], [], max_tokens=2)
     with pytest.raises(NotRunning):
-        batcher.submit(Job(prompt, loop=None))  # type: ignore[arg-type]
+        batcher.submit(Job(prompt, {}, loop=None))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_batch"):
         DynamicBatcher(dense, max_batch=0)
+
+
+def test_collate_makes_the_processors_batch(model) -> None:
+    """Requests are featurised one by one on arrival; padded together they must be the processor's own batch."""
+    tag = model.processor.config.audio_tag
+    prompts = [
+        Prompt([{"role": "user", "content": f"{tag}\nWhat is it?"}], [tone(300, 1.0)], 4),
+        Prompt([{"role": "user", "content": "no audio, a longer question than the others"}], [], 4),
+        Prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"{tag}\n{tag}\nAnd?"}],
+               [tone(500, 2.0), tone(700, 0.5)], 4),
+    ]  # fmt: skip
+    batched = collate([prepare(model, p) for p in prompts], model.processor.pad_token_id)
+    reference = model.processor([p.conversation for p in prompts], [p.clips for p in prompts])
+    assert batched.keys() == reference.keys()
+    for key, value in reference.items():
+        assert torch.equal(batched[key], value), key
+
+
+def test_a_failing_batch_is_retried_request_by_request(model) -> None:
+    """One request the model refuses (here: inputs whose placeholders do not fit its clip) fails alone."""
+    tag = model.processor.config.audio_tag
+    good_prompt = Prompt([{"role": "user", "content": f"{tag}\n{QUESTION}"}], [tone(440)], 6)
+    good = prepare(model, good_prompt)
+    bad = {**good, "audio_lengths": good["audio_lengths"] // 2}
+    batcher = DynamicBatcher(model, max_batch=4, max_wait_s=0.5)
+
+    async def ask() -> list[list[Event]]:
+        loop = asyncio.get_running_loop()
+        jobs = [Job(good_prompt, good, loop), Job(good_prompt, bad, loop), Job(good_prompt, good, loop)]
+        for job in jobs:
+            batcher.submit(job)
+        heard: list[list[Event]] = []
+        for job in jobs:
+            events = [await job.events.get()]
+            while events[-1].kind == "delta":
+                events.append(await job.events.get())
+            heard.append(events)
+        return heard
+
+    batcher.start()
+    try:
+        first, refused, third = asyncio.run(ask())
+    finally:
+        batcher.stop()
+    assert (
+        batcher.stats.sizes[3] == 1 and batcher.stats.failed_batches == 2
+    )  # the batch, then the bad one alone
+    assert refused[-1].kind == "error" and "placeholder" in refused[-1].text
+    for events in (first, third):
+        assert events[-1].kind == "done"
+        assert "".join(e.text for e in events[:-1]) == expected(model, tone(440), 6)
+
+
+def test_a_prompt_longer_than_the_model_is_a_400(server: Running) -> None:
+    client = server.client(max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="exceeds the model's 8192 positions"):
+        client.chat.completions.create(
+            model=MODEL, messages=audio_messages(b64(tone(300)), question="go " * 3000)
+        )
 
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.serve import protocol, routing
 from audiomoe.serve.audio import decode_audio
-from audiomoe.serve.batcher import DynamicBatcher, Event, Job, NotRunning, QueueFull
+from audiomoe.serve.batcher import DynamicBatcher, Event, Job, NotRunning, QueueFull, prepare
 from audiomoe.serve.protocol import APIError, ChatCompletionRequest, RoutingRequest
 
 log = logging.getLogger("audiomoe.serve")
@@ -92,6 +92,17 @@ def create_app(model: AudioLanguageModel, settings: ServeSettings | None = None)
     def decode(data: str, fmt: str, where: str):  # noqa: ANN202 - protocol.AudioDecoder
         return decode_audio(data, fmt, where, rate, settings.max_audio_seconds)
 
+    def prepare_request(body: ChatCompletionRequest) -> tuple[protocol.Prompt, dict]:
+        """Decode, check, tokenise and featurise one request (on the thread pool, not the model's thread)."""
+        prompt = protocol.build_prompt(
+            body, decode, model.processor.config.audio_tag, settings.default_max_tokens, settings.max_tokens_limit,
+            settings.max_clips, rate,
+        )  # fmt: skip
+        try:
+            return prompt, prepare(model, prompt)
+        except ValueError as err:  # the processor's or the context length's refusal, already one line
+            raise APIError(400, str(err).splitlines()[0], "messages") from None
+
     # -- errors -------------------------------------------------------------------------------------------------
 
     @app.exception_handler(APIError)
@@ -145,17 +156,18 @@ def create_app(model: AudioLanguageModel, settings: ServeSettings | None = None)
                 404, f"model {body.model!r} is not served here; this server serves {settings.model_name!r} "
                 "(GET /v1/models)", "model", "not_found_error",
             )  # fmt: skip
-        prompt = await run_in_threadpool(
-            protocol.build_prompt, body, decode, model.processor.config.audio_tag, settings.default_max_tokens,
-            settings.max_tokens_limit, settings.max_clips, rate,
-        )  # fmt: skip
-        job = Job(prompt, asyncio.get_running_loop())
+        prompt, inputs = await run_in_threadpool(prepare_request, body)
+        job = Job(prompt, inputs, asyncio.get_running_loop())
         _submit(batcher, job)
         cid = protocol.completion_id()
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            first = await job.events.get()  # so that a failure before the first token still gets its status
+            if first.kind == "error":
+                job.cancelled.set()
+                raise APIError(500, first.text)
             return StreamingResponse(
-                _sse(job, cid, settings.model_name, include_usage),
+                _sse(job, first, cid, settings.model_name, include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -250,7 +262,7 @@ async def _collect(job: Job) -> tuple[str, Event]:
             raise APIError(500, event.text)
 
 
-async def _sse(job: Job, cid: str, model_name: str, include_usage: bool) -> AsyncIterator[str]:
+async def _sse(job: Job, first: Event, cid: str, model_name: str, include_usage: bool) -> AsyncIterator[str]:
     """OpenAI's stream: a role chunk, content chunks, a finish chunk, [usage chunk], ``[DONE]``."""
 
     def data(obj: dict) -> str:
@@ -258,8 +270,8 @@ async def _sse(job: Job, cid: str, model_name: str, include_usage: bool) -> Asyn
 
     try:
         yield data(protocol.chunk(cid, model_name, {"role": "assistant", "content": ""}))
+        event = first
         while True:
-            event = await job.events.get()
             if event.kind == "delta":
                 yield data(protocol.chunk(cid, model_name, {"content": event.text}))
             elif event.kind == "done":
@@ -271,6 +283,7 @@ async def _sse(job: Job, cid: str, model_name: str, include_usage: bool) -> Asyn
             else:  # the status line is sent already: the error travels as an OpenAI error event
                 yield data(protocol.error_body(event.text, "server_error", None, 500))
                 break
+            event = await job.events.get()
         yield "data: [DONE]\n\n"
     finally:
         job.cancelled.set()  # the client left, or the answer is complete: the worker drops this row

@@ -6,6 +6,10 @@ same decoding settings (greedy, or sampling with equal temperature / top-p), at 
 oldest request has already waited longer than that, so a batch forms at once from what is queued: waiting only
 costs latency when the server is idle.
 
+A request's prompt is tokenised and its clips featurised when it arrives (:func:`prepare`, on the server's
+thread pool, where a prompt too long for the model is refused); the worker only pads those inputs together
+(:func:`collate`, the same batch the processor would make) and decodes.
+
 Each batch runs one ``generate`` with a streamer that receives every step's new tokens ``(B,)``: each request gets
 its text deltas as they are decoded, and its own ``max_tokens`` ends its row (a stopping criterion per row), so a
 short request in a batch with a long one stops counting, and a disconnected client's row stops early. Other work
@@ -54,9 +58,11 @@ class Event:
 
 @dataclass
 class Job:
-    """One request in the queue. ``events`` is filled from the worker thread through the request's loop."""
+    """One request in the queue: its prompt and its model inputs (:func:`prepare`). ``events`` is filled from
+    the worker thread through the request's loop."""
 
     prompt: Prompt
+    inputs: dict[str, torch.Tensor]
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     enqueued: float = field(default_factory=time.monotonic)
@@ -68,7 +74,12 @@ class Job:
         p = self.prompt
         return ("greedy",) if p.temperature <= 0 else ("sample", p.temperature, p.top_p)
 
+    answered: bool = False  # something was sent: the request cannot be retried
+    ended: bool = False  # its done or error event was sent
+
     def emit(self, event: Event) -> None:
+        self.answered = True
+        self.ended = self.ended or event.kind != "delta"
         if not self.cancelled.is_set():
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
@@ -80,6 +91,44 @@ class _Call:
     fn: Callable[[], Any]
     future: Future
     enqueued: float = field(default_factory=time.monotonic)
+
+
+def prepare(model: AudioLanguageModel, prompt: Prompt) -> dict[str, torch.Tensor]:
+    """The processor's batch of one for ``prompt``: ``input_ids`` / ``attention_mask`` ``(1, L)`` and, with clips,
+    ``audio_features`` ``(N, ..., T)`` and ``audio_lengths`` ``(N,)``. ValueError if the processor refuses the
+    clips or the prompt plus ``max_tokens`` is longer than the LLM's positions."""
+    inputs = model.processor([prompt.conversation], [list(prompt.clips)])
+    context = getattr(model.llm.config.get_text_config(), "max_position_embeddings", None)
+    length = int(inputs["input_ids"].shape[1])
+    if context and length + prompt.max_tokens > context:
+        raise ValueError(
+            f"the prompt is {length} tokens (audio included); with max_tokens {prompt.max_tokens} that exceeds "
+            f"the model's {context} positions: send shorter audio or text, or ask for fewer tokens"
+        )
+    return inputs
+
+
+def collate(items: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Batches of one (:func:`prepare`) -> one generation batch, exactly as the processor pads a batch: prompts
+    left-padded with ``pad_token_id`` (mask 0), features right-padded with zeros to the longest clip, clips in
+    request order."""
+    width = max(int(item["input_ids"].shape[1]) for item in items)
+    ids = torch.full((len(items), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, item in enumerate(items):
+        length = int(item["input_ids"].shape[1])
+        ids[row, width - length :] = item["input_ids"][0]
+        mask[row, width - length :] = item["attention_mask"][0]
+    batch = {"input_ids": ids, "attention_mask": mask}
+    features = [item["audio_features"] for item in items if "audio_features" in item]
+    if features:
+        longest = max(f.shape[-1] for f in features)
+        padded = [torch.nn.functional.pad(f, (0, longest - f.shape[-1])) for f in features]
+        batch["audio_features"] = torch.cat(padded)
+        batch["audio_lengths"] = torch.cat(
+            [item["audio_lengths"] for item in items if "audio_lengths" in item]
+        )
+    return batch
 
 
 class TextDelta:
@@ -333,15 +382,20 @@ class DynamicBatcher:
         self.stats.largest_batch = max(self.stats.largest_batch, len(jobs))
         try:
             self._generate(jobs)
-        except Exception as err:  # one bad batch fails its requests, never the server
+        except Exception as err:  # a failing batch fails its requests, never the server
             self.stats.failed_batches += 1
+            if len(jobs) > 1 and not any(j.answered for j in jobs):
+                for job in jobs:  # alone, so that one bad request does not take its batch-mates with it
+                    self._run_batch([job])
+                return
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             for job in jobs:
-                job.emit(Event("error", f"generation failed: {reason}"))
+                if not job.ended:
+                    job.emit(Event("error", f"generation failed: {reason}"))
 
     def _generate(self, jobs: list[Job]) -> None:
         model = self.model
-        batch = model.processor([j.prompt.conversation for j in jobs], [list(j.prompt.clips) for j in jobs])
+        batch = collate([j.inputs for j in jobs], model.processor.pad_token_id)
         prompt_tokens = batch["attention_mask"].sum(1).tolist()
         batch = {k: v.to(self.device) for k, v in batch.items()}
         streamer = _BatchStreamer(jobs, self._tokenizer, self._stop_ids, prompt_tokens)
