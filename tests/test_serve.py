@@ -109,6 +109,15 @@ class Running:
         finally:
             conn.close()
 
+    def raw_text(self, method: str, path: str, body: bytes | None = None) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            return response.status, response.read().decode("utf-8", "replace")
+        finally:
+            conn.close()
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)
@@ -492,3 +501,47 @@ def test_playground_records_from_the_microphone(server: Running, browser) -> Non
     assert wait_for_state(browser, ("done", "error")) == "done", browser.find_element("id", "status").text
     assert browser.execute_script("return document.getElementById('answer').textContent")
     assert browser.execute_script("return document.getElementById('routing-image').naturalWidth") > 300
+
+
+def test_no_input_crashes_the_server(server: Running) -> None:
+    """Random request bodies shaped like chat completions: every answer is a 200 or a 4xx with an OpenAI error
+    body (never a 500, never a dropped connection), and the server answers a good request afterwards."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    good_audio = {"data": b64(tone(300, 0.3)), "format": "wav"}
+    scalar = st.one_of(
+        st.none(), st.booleans(), st.integers(-3, 3), st.text(max_size=8), st.floats(allow_nan=True)
+    )
+    part = st.one_of(
+        scalar,
+        st.fixed_dictionaries({"type": st.sampled_from(["text", "input_audio", "image_url", 3]), "text": scalar}),
+        st.fixed_dictionaries({"type": st.just("input_audio"), "input_audio": st.one_of(
+            scalar, st.just(good_audio), st.fixed_dictionaries({"data": scalar, "format": scalar}))}),
+    )  # fmt: skip
+    message = st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "assistant", "tool", 5]),
+         "content": st.one_of(scalar, st.lists(part, max_size=3))}
+    )  # fmt: skip
+    body = st.fixed_dictionaries(
+        {"model": st.sampled_from([MODEL, "other", 1]), "messages": st.one_of(scalar, st.lists(message, max_size=3)),
+         "max_tokens": st.sampled_from([1, 2, 0, -1, "x", 10**9])},  # never the default 64: seconds per example
+        optional={"stream": st.one_of(st.booleans(), scalar), "temperature": st.sampled_from([0, 0.5, -1, 9, "hot"]),
+                  "top_p": st.sampled_from([0.5, 0, 2])},
+    )  # fmt: skip
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(body)
+    def check(request: dict) -> None:
+        status, answer = server.raw_text("POST", "/v1/chat/completions", json.dumps(request).encode())
+        assert status == 200 or (400 <= status < 500), (status, answer, request)
+        if status != 200:
+            assert json.loads(answer)["error"]["message"]
+
+    check()
+    assert (
+        server.client()
+        .chat.completions.create(model=MODEL, messages=audio_messages(b64(tone(440))), max_tokens=2)
+        .choices[0]
+        .message.content
+    )

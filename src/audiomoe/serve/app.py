@@ -190,7 +190,10 @@ def create_app(model: AudioLanguageModel, settings: ServeSettings | None = None)
             ) from None
         except NotRunning as err:
             raise APIError(503, f"the server is not serving ({err})") from None
-        result = await asyncio.wrap_future(future)
+        try:
+            result = await asyncio.wrap_future(future)
+        except ValueError as err:  # the processor refused the clip (e.g. longer than the encoder window)
+            raise APIError(400, f"input_audio: {str(err).splitlines()[0]}", "input_audio") from None
         png = await run_in_threadpool(routing.routing_png, result, clip, rate) if result["routed"] else None
         return routing.routing_json(result, png)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -81,7 +82,8 @@ class Job:
         self.answered = True
         self.ended = self.ended or event.kind != "delta"
         if not self.cancelled.is_set():
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+            with contextlib.suppress(RuntimeError):  # the request's loop is closed: the server is going down
+                self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
 
 @dataclass
@@ -272,9 +274,8 @@ class DynamicBatcher:
         self._cond = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
-        tokenizer = model.processor.tokenizer
         self._stop_ids = set(model._stop_ids())
-        self._tokenizer = tokenizer
+        self._tokenizer = model.processor.tokenizer
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
 

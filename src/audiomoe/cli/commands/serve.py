@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     precision = runtime.resolve_precision(args.precision, device)
     model = AudioLanguageModel.from_pretrained(model_dir).to(device)
     settings = ServeSettings(
-        model_name=args.model_name or model_dir.resolve().name,
+        model_name=args.model_name or args.checkpoint.resolve().name,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
