@@ -20,10 +20,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,6 +39,7 @@ from audiomoe.serve.batcher import DynamicBatcher, Event, Job, NotRunning, Queue
 from audiomoe.serve.protocol import APIError, ChatCompletionRequest, RoutingRequest
 
 log = logging.getLogger("audiomoe.serve")
+T = TypeVar("T")
 
 
 @dataclass
@@ -150,7 +151,7 @@ def create_app(model: AudioLanguageModel, settings: ServeSettings | None = None)
         return {"object": "list", "data": [entry]}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    async def chat_completions(body: ChatCompletionRequest) -> Any:
         if body.model != settings.model_name:
             raise APIError(
                 404, f"model {body.model!r} is not served here; this server serves {settings.model_name!r} "
@@ -158,7 +159,7 @@ def create_app(model: AudioLanguageModel, settings: ServeSettings | None = None)
             )  # fmt: skip
         prompt, inputs = await run_in_threadpool(prepare_request, body)
         job = Job(prompt, inputs, asyncio.get_running_loop())
-        _submit(batcher, job)
+        _queued(lambda: batcher.submit(job))
         cid = protocol.completion_id()
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -174,7 +175,7 @@ def create_app(model: AudioLanguageModel, settings: ServeSettings | None = None)
         try:
             text, done = await _collect(job)
         finally:
-            job.cancelled.set()  # a client that left while queued is skipped by the worker
+            job.cancelled.set()  # answered, or the handler was cancelled: the worker drops this row
         return protocol.completion(cid, settings.model_name, text, done.finish_reason, done.prompt_tokens,
                                    done.completion_tokens)  # fmt: skip
 
@@ -182,14 +183,7 @@ def create_app(model: AudioLanguageModel, settings: ServeSettings | None = None)
     async def clip_routing(body: RoutingRequest) -> dict[str, Any]:
         audio = body.input_audio
         clip = await run_in_threadpool(decode, audio.data, audio.format, "input_audio")
-        try:
-            future = batcher.call(lambda: routing.clip_routing(model, clip, settings.device))
-        except QueueFull as err:
-            raise APIError(
-                429, f"the server is busy ({err}); retry shortly", None, "rate_limit_error"
-            ) from None
-        except NotRunning as err:
-            raise APIError(503, f"the server is not serving ({err})") from None
+        future = _queued(lambda: batcher.call(lambda: routing.clip_routing(model, clip, settings.device)))
         try:
             result = await asyncio.wrap_future(future)
         except ValueError as err:  # the processor refused the clip (e.g. longer than the encoder window)
@@ -243,9 +237,10 @@ class _BodySizeLimit:
         await self.app(scope, counted, send)
 
 
-def _submit(batcher: DynamicBatcher, job: Job) -> None:
+def _queued(enqueue: Callable[[], T]) -> T:
+    """``enqueue()`` with the batcher's refusals as HTTP errors (429 queue full, 503 not running)."""
     try:
-        batcher.submit(job)
+        return enqueue()
     except QueueFull as err:
         raise APIError(429, f"the server is busy ({err}); retry shortly", None, "rate_limit_error") from None
     except NotRunning as err:
