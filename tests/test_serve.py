@@ -26,6 +26,7 @@ import soundfile as sf
 import torch
 import uvicorn
 
+from audiomoe.cli.main import main
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.models.presets import build_preset
 from audiomoe.serve.app import ServeSettings, create_app
@@ -75,8 +76,10 @@ def free_port() -> int:
 class Running:
     """A uvicorn server in a thread of this process (real sockets, real HTTP)."""
 
-    def __init__(self, model: AudioLanguageModel, settings: ServeSettings) -> None:
-        self.app = create_app(model, settings)
+    def __init__(
+        self, model: AudioLanguageModel | None, settings: ServeSettings | None = None, app=None
+    ) -> None:
+        self.app = app if app is not None else create_app(model, settings)
         self.port = free_port()
         self.server = uvicorn.Server(
             uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
@@ -358,6 +361,38 @@ def test_dense_adapter_has_no_routing_and_batcher_refuses_when_stopped() -> None
         batcher.submit(Job(prompt, {}, loop=None))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_batch"):
         DynamicBatcher(dense, max_batch=0)
+
+
+def test_audiomoe_serve_command_serves_the_checkpoint(model_dir: Path, model, monkeypatch) -> None:
+    """The command's wiring (checkpoint, options, model id), with uvicorn.run swapped for a server we can stop."""
+    handed: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: handed.update(app=app, **kwargs))
+    threads = str(torch.get_num_threads())  # as it is: the command sets torch's threads for this process
+    args = [
+        "serve",
+        "--checkpoint",
+        str(model_dir),
+        "--port",
+        "8123",
+        "--max-batch",
+        "3",
+        "--threads",
+        threads,
+    ]
+    assert main(args) == 0
+    assert (handed["host"], handed["port"]) == ("127.0.0.1", 8123)
+    settings = handed["app"].state.settings
+    assert (settings.model_name, settings.max_batch) == (MODEL, 3)
+    running = Running(None, app=handed["app"])
+    try:
+        wave = tone(440)
+        reply = running.client().chat.completions.create(
+            model=MODEL, messages=audio_messages(b64(wave)), max_tokens=5
+        )
+        assert reply.choices[0].message.content == expected(model, wave, 5)
+    finally:
+        running.stop()
+    assert main(["serve", "--checkpoint", str(model_dir / "missing")]) == 2  # one line, no traceback
 
 
 def test_collate_makes_the_processors_batch(model) -> None:
