@@ -283,6 +283,15 @@ def test_too_large_and_too_long_requests_are_refused(model) -> None:
         with pytest.raises(openai.APIStatusError) as caught:  # 10 s of 16-bit audio: 320 kB
             client.chat.completions.create(model=MODEL, messages=audio_messages(b64(tone(300, seconds=10.0))))
         assert caught.value.status_code == 413 and "over this server's 200000" in caught.value.message
+        # Sent in chunks without a Content-Length: refused as the bytes arrive.
+        body = json.dumps({"model": MODEL, "messages": audio_messages(b64(tone(300, seconds=10.0)))}).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", running.port, timeout=60)
+        chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
+        conn.request("POST", "/v1/chat/completions", body=chunks, encode_chunked=True,
+                     headers={"Content-Type": "application/json"})  # fmt: skip
+        response = conn.getresponse()
+        assert response.status == 413 and "200000 bytes" in json.loads(response.read())["error"]["message"]
+        conn.close()
         assert client.chat.completions.create(
             model=MODEL, messages=audio_messages(b64(tone(300))), max_tokens=3
         )
