@@ -256,8 +256,14 @@ class AudioLanguageModel(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         labels: torch.Tensor | None = None,  # accepted so that model.generate(**batch) works; unused
+        streamer: Any = None,
+        stopping_criteria: Any = None,
     ) -> list[str]:
-        """Batched greedy or sampled decoding with the LLM's KV cache; returns one answer string per sample."""
+        """Batched greedy or sampled decoding with the LLM's KV cache; returns one answer string per sample.
+
+        ``streamer`` (a transformers ``BaseStreamer``) gets each step's new tokens ``(B,)`` as they are chosen, and
+        ``stopping_criteria`` (a ``StoppingCriteriaList``) may end rows early: both go to the LLM's ``generate``
+        unchanged (what ``audiomoe serve`` streams and limits requests with)."""
         embeds, _ = self._input_embeds(input_ids, audio_features, audio_lengths, encoder_hidden, encoder_mask)
         # Decoding appends on the right, so every prompt must end at the last column: move padding to the left.
         order = torch.argsort(attention_mask, dim=1, stable=True)
@@ -271,6 +277,8 @@ class AudioLanguageModel(nn.Module):
             do_sample=do_sample,
             eos_token_id=self._stop_ids(),
             pad_token_id=self.processor.pad_token_id,
+            streamer=streamer,
+            stopping_criteria=stopping_criteria,
             **sampling,
         )
         return self.processor.decode(new_tokens)

@@ -1,5 +1,6 @@
-"""``audiomoe bench adapter`` (adapter speed, see audiomoe.benchmarks.adapter_speed) and ``audiomoe bench
-contention`` (training speed with one core busy, see audiomoe.benchmarks.contention)."""
+"""``audiomoe bench adapter`` (adapter speed, see audiomoe.benchmarks.adapter_speed), ``audiomoe bench
+contention`` (training speed with one core busy, see audiomoe.benchmarks.contention) and ``audiomoe bench serve``
+(server throughput with dynamic batching, see audiomoe.benchmarks.serve)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--steps", type=int, default=12, help="measured steps per arm (after 2 warm-up steps)")
     f.add_argument("--json", type=Path, help="write the numbers here")
     f.set_defaults(func=run_feature_cache)
+    s = which.add_parser(
+        "serve",
+        help="audiomoe serve at 1/4/16 concurrent clients vs the same requests one by one in-process",
+    )
+    s.add_argument("--requests", type=int, default=32, help="chat completions per arm")
+    s.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrent client counts")
+    s.add_argument("--max-tokens", type=int, default=16, help="new tokens per answer at most")
+    s.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch")
+    s.add_argument("--max-wait-ms", type=float, default=10.0, help="the server's --max-wait-ms")
+    s.add_argument("--preset", default="tiny")
+    s.add_argument("--adapter", default="moe")
+    s.add_argument("--threads", default="auto", help="torch threads, the same for the server and in-process")
+    s.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
+    s.add_argument("--json", type=Path, help="write the numbers here")
+    s.set_defaults(func=run_serve)
 
 
 def run_adapter(args: argparse.Namespace) -> int:
@@ -81,6 +97,16 @@ def run_feature_cache(args: argparse.Namespace) -> int:
 
     result = run_benchmark(args.manifest, args.preset, args.encoder, args.llm, args.batch_size, args.steps)
     return report(result, format_result(result), args.json)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from audiomoe.benchmarks.serve import format_report, run_benchmark
+
+    result = run_benchmark(
+        args.requests, tuple(args.clients), args.max_tokens, args.max_batch, args.max_wait_ms, args.preset,
+        args.adapter, args.threads, args.precision,
+    )  # fmt: skip
+    return report(result, format_report(result), args.json)
 
 
 def report(result: dict, text: str, json_path: Path | None) -> int:
