@@ -81,12 +81,11 @@ class AudiomoeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Shapes in the module docstring; ``labels`` ``(B, L)`` with -100 where no loss falls."""
-        if attention_mask is None and input_ids is not None:
-            attention_mask = torch.ones_like(input_ids)
         if inputs_embeds is None:
             inputs_embeds, _ = self._input_embeds(input_ids, audio_features, audio_lengths, None, None)
-        if position_ids is None and cache is None:
-            position_ids = _position_ids(attention_mask)
+        if position_ids is None and cache is None and attention_mask is not None:
+            position_ids = _position_ids(attention_mask)  # as AudioLanguageModel.forward: real tokens only
+        # (generate passes position ids, and drops an all-ones attention mask: the LLM then masks causally)
         out = self.llm(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -96,9 +95,7 @@ class AudiomoeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        return CausalLMOutputWithPast(
-            loss=out.loss, logits=out.logits, past_key_values=getattr(out, "past_key_values", None)
-        )
+        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, cache=out.cache)
 
     def prepare_inputs_for_generation(
         self, *args: Any, is_first_iteration: bool = False, **kwargs: Any
