@@ -318,11 +318,19 @@ def test_infer_batches_folder_and_manifest_into_jsonl(saved: Path, tmp_path: Pat
     assert main(["infer", str(saved)]) == 2  # no audio: a one-line user error
 
 
-def test_load_native_reads_every_kind_of_directory(saved: Path, tmp_path: Path) -> None:
+def test_load_native_reads_every_kind_of_directory_and_auto_classes_register(
+    saved: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    from audiomoe.models.hf import register_auto_classes
+    from audiomoe.models.hf.processing_audiomoe import AudiomoeProcessor
+
     out = save_native(AudioLanguageModel.from_pretrained(saved), tmp_path / "run" / "model")
     for path in (saved, out, tmp_path / "run"):
         model, processor = load_native(path)
-        assert (
-            isinstance(model, AudiomoeForConditionalGeneration)
-            and processor.audio_token_id == model.audio_token_id
-        )
+        assert isinstance(model, AudiomoeForConditionalGeneration)
+        assert processor.audio_token_id == model.audio_token_id
+    register_auto_classes()  # with audiomoe installed no remote code is needed: the package's own classes load
+    assert type(AutoModelForCausalLM.from_pretrained(out)) is AudiomoeForConditionalGeneration
+    assert type(AutoProcessor.from_pretrained(out)) is AudiomoeProcessor

@@ -8,6 +8,7 @@ directory under a flat name, its ``audiomoe.`` imports rewritten to relative one
     audiomoe.models.hf.modeling_audiomoe  ->  modeling_audiomoe.py    (the names ``auto_map`` points at)
     audiomoe.adapters.moe                 ->  audiomoe_adapters_moe.py
     audiomoe.adapters (its __init__)      ->  audiomoe_adapters.py
+    audiomoe (the package __init__)       ->  audiomoe_package.py   (only if something imports from it)
 
 A module import also runs its parent packages' ``__init__`` (which is where encoders and adapters register), so
 every rewritten import is preceded by imports of those parents. ``from audiomoe.pkg import submodule`` becomes
@@ -38,6 +39,8 @@ def flat_name(module: str) -> str:
     """``audiomoe.adapters.moe`` -> ``audiomoe_adapters_moe``; the entry modules keep their own names."""
     if module.startswith(f"{HF_PACKAGE}."):
         return module.rsplit(".", 1)[1]
+    if module == ROOT:  # not ``audiomoe.py``: run from the model directory, that would shadow the package
+        return f"{ROOT}_package"
     return module.replace(".", "_")
 
 
@@ -94,8 +97,6 @@ def _rewrite(node: ast.ImportFrom, current: str, indent: str) -> str:
         else:
             attributes.append(alias.name if alias.asname is None else f"{alias.name} as {alias.asname}")
     if attributes:
-        if module == ROOT:
-            raise ValueError(f"line {node.lineno}: `from audiomoe import {attributes[0]}` has no flat form")
         statements.append(f"from .{flat_name(module)} import {', '.join(attributes)}")
     return f"\n{indent}".join(statements)
 
@@ -110,7 +111,7 @@ def rewrite_module(module: str) -> tuple[str, list[str]]:
     # Replace from the bottom up, so the line numbers of earlier statements stay valid.
     for node in sorted(nodes, key=lambda n: (n.lineno, n.col_offset), reverse=True):
         first_loaded, submodules = _loaded(node, module)
-        needed += first_loaded + submodules + ([node.module] if node.module not in (ROOT, module) else [])
+        needed += first_loaded + submodules + ([node.module] if node.module != module else [])
         first, last = node.lineno - 1, node.end_lineno - 1
         indent = lines[first][: node.col_offset]
         tail = lines[last][node.end_col_offset :]
