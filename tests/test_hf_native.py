@@ -149,11 +149,15 @@ def _bundled_modules() -> list[str]:
 
 @pytest.mark.parametrize("adapter", sorted(ADAPTERS))
 def test_native_model_equals_audiomoe_for_every_adapter(adapter: str) -> None:
-    model = AudioLanguageModel(build_preset("tiny", adapter_type=adapter))
+    model = AudioLanguageModel(build_preset("tiny", adapter_type=adapter, aux_loss_weight=0.5))
     native = to_native(model)
-    batch = _batch(model.processor)
+    batch = model.processor(PROMPTS, [[clip] for clip in _clips()], answers=["a dog", "rain"])
     with torch.no_grad():
-        torch.testing.assert_close(native(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+        ours, theirs = native(**batch), model(**batch)
+    torch.testing.assert_close(ours.logits, theirs.logits, rtol=0, atol=0)
+    torch.testing.assert_close(
+        ours.loss, theirs.loss, rtol=0, atol=0
+    )  # LM loss + 0.5 * the adapter's aux loss
 
 
 @pytest.mark.parametrize("n_samples", [1, 2])

@@ -45,11 +45,12 @@ class AudiomoeForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: AudiomoeConfig) -> None:
         super().__init__(config)
-        with torch.random.fork_rng():
-            torch.manual_seed(
-                config.to_lalm_config().seed
-            )  # random-init weights; the checkpoint overwrites them
-            self.encoder, self.adapter, self.llm = build_components(config.to_lalm_config())
+        lalm_config = config.to_lalm_config()
+        with (
+            torch.random.fork_rng()
+        ):  # seeded random init, as AudioLanguageModel; the checkpoint overwrites it
+            torch.manual_seed(lalm_config.seed)
+            self.encoder, self.adapter, self.llm = build_components(lalm_config)
         self.audio_token_id = config.audio_token_id
         # A compact directory stores no weights for referenced components: they come from their sources.
         self._keys_to_ignore_on_load_missing = [rf"^{component}\." for component in config.sources]
@@ -80,9 +81,13 @@ class AudiomoeForConditionalGeneration(PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """Shapes in the module docstring; ``labels`` ``(B, L)`` with -100 where no loss falls."""
+        """Shapes in the module docstring; ``labels`` ``(B, L)`` with -100 where no loss falls. The loss is
+        ``AudioLanguageModel``'s: LM loss + ``aux_loss_weight`` * the adapter's auxiliary loss."""
+        adapter_out = None
         if inputs_embeds is None:
-            inputs_embeds, _ = self._input_embeds(input_ids, audio_features, audio_lengths, None, None)
+            inputs_embeds, adapter_out = self._input_embeds(
+                input_ids, audio_features, audio_lengths, None, None
+            )
         if position_ids is None and cache is None and attention_mask is not None:
             position_ids = _position_ids(attention_mask)  # as AudioLanguageModel.forward: real tokens only
         # (generate passes position ids, and drops an all-ones attention mask: the LLM then masks causally)
@@ -95,13 +100,18 @@ class AudiomoeForConditionalGeneration(PreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             **kwargs,
         )
-        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, cache=out.cache)
+        loss = out.loss
+        if loss is not None and adapter_out is not None:
+            loss = loss + self.config.audiomoe.get("aux_loss_weight", 1.0) * adapter_out.aux_loss
+        return CausalLMOutputWithPast(loss=loss, logits=out.logits, cache=out.cache)
 
     def prepare_inputs_for_generation(
         self, *args: Any, is_first_iteration: bool = False, **kwargs: Any
     ) -> dict:
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        if not is_first_iteration:  # the audio is in the cache after the prefill step
+        if not is_first_iteration and kwargs.get(
+            "use_cache", True
+        ):  # the audio is in the cache after prefill
             inputs.pop("audio_features", None)
             inputs.pop("audio_lengths", None)
         return inputs
