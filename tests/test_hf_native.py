@@ -54,7 +54,8 @@ def test_without_audiomoe_automodel_gives_audiomoes_logits_and_greedy_output(
     saved: Path, tmp_path: Path
 ) -> None:
     """Must show 1: in an environment with only torch + transformers (and their dependencies), a model saved by
-    audiomoe loads with AutoModel / AutoProcessor (trust_remote_code) and decodes exactly as audiomoe does."""
+    audiomoe loads with AutoModel / AutoModelForCausalLM / AutoProcessor / pipeline (trust_remote_code) and
+    decodes exactly as audiomoe does; generate takes GenerationConfigs for greedy, beam search and sampling."""
     out = tmp_path / "native"
     assert main(["export", str(saved), str(out)]) == 0  # an existing model directory converts
     model = AudioLanguageModel.from_pretrained(saved)
@@ -69,7 +70,7 @@ def test_without_audiomoe_automodel_gives_audiomoes_logits_and_greedy_output(
 import importlib.util, json
 import numpy as np, torch
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor, GenerationConfig
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoProcessor, GenerationConfig, pipeline
 assert importlib.util.find_spec("audiomoe") is None and importlib.util.find_spec("peft") is None
 out = {str(out)!r}
 assert AutoConfig.from_pretrained(out, trust_remote_code=True).model_type == "audiomoe"
@@ -85,9 +86,11 @@ greedy = model.generate(**batch, generation_config=GenerationConfig(max_new_toke
 beams = causal.generate(**batch, generation_config=GenerationConfig(max_new_tokens=6, num_beams=3))
 torch.manual_seed(0)
 sampled = model.generate(**batch, generation_config=GenerationConfig(max_new_tokens=6, do_sample=True, top_k=20))
+pipe = pipeline(model=out, trust_remote_code=True)  # no task: the directory's own custom pipeline
+piped = pipe({{"audio": raw[0], "prompt": {PROMPTS[0]!r}}}, max_new_tokens=6)
 save_file({{"logits": logits, "input_ids": batch["input_ids"]}}, {str(tmp_path / "iso.safetensors")!r})
 print(json.dumps({{"class": type(model).__name__, "greedy": processor.decode(greedy[:, n:]),
-                  "beams": beams.shape[0], "sampled": sampled.shape[0]}}))
+                  "beams": beams.shape[0], "sampled": sampled.shape[0], "piped": piped}}))
 """
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
@@ -97,6 +100,7 @@ print(json.dumps({{"class": type(model).__name__, "greedy": processor.decode(gre
     assert torch.equal(isolated["input_ids"], batch["input_ids"])
     torch.testing.assert_close(isolated["logits"], logits, rtol=0, atol=1e-5)
     assert result["greedy"] == greedy
+    assert result["piped"] == greedy[0]  # transformers.pipeline(model=DIR, trust_remote_code=True)
     assert result["beams"] == result["sampled"] == 2
 
 
@@ -107,7 +111,13 @@ def test_remote_code_is_the_package_rewritten_and_nothing_else(saved: Path, tmp_
     out = save_native(AudioLanguageModel.from_pretrained(saved), tmp_path / "native")
     files = bundle.bundle()
     assert {name: (out / name).read_text() for name in files} == files
-    assert {"modeling_audiomoe.py", "configuration_audiomoe.py", "processing_audiomoe.py"} <= set(files)
+    entries = {
+        "modeling_audiomoe.py",
+        "configuration_audiomoe.py",
+        "processing_audiomoe.py",
+        "pipeline_audiomoe.py",
+    }
+    assert entries <= set(files)
     assert "audiomoe_adapters_moe.py" in files and "audiomoe_models_lalm.py" in files
     for name, text in files.items():
         tree = ast.parse(text)
@@ -338,3 +348,14 @@ def test_load_native_reads_every_kind_of_directory_and_auto_classes_register(
     register_auto_classes()  # with audiomoe installed no remote code is needed: the package's own classes load
     assert type(AutoModelForCausalLM.from_pretrained(out)) is AudiomoeForConditionalGeneration
     assert type(AutoProcessor.from_pretrained(out)) is AudiomoeProcessor
+
+
+def test_encoder_and_llm_lora_travel_as_two_peft_folders(tmp_path: Path) -> None:
+    model = AudioLanguageModel(build_preset("tiny", lora={"llm": True, "encoder": True, "r": 4}))
+    _randomise_lora(model)
+    out = save_native(model, tmp_path / "native")
+    assert json.loads((out / "config.json").read_text())["lora"] == {"encoder": "encoder_lora", "llm": "lora"}
+    native = AudiomoeForConditionalGeneration.from_pretrained(out)
+    batch = _batch(model.processor)
+    with torch.no_grad():
+        torch.testing.assert_close(native(**batch).logits, model(**batch).logits, rtol=0, atol=1e-5)

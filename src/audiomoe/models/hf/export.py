@@ -24,7 +24,7 @@ from torch import nn
 from transformers import GenerationConfig
 
 from audiomoe.models.directory import MODEL_DIR, resolve_model_dir
-from audiomoe.models.hf.bundle import auto_map, processor_auto_map, write_remote_code
+from audiomoe.models.hf.bundle import auto_map, custom_pipelines, processor_auto_map, write_remote_code
 from audiomoe.models.hf.configuration_audiomoe import AudiomoeConfig
 from audiomoe.models.hf.modeling_audiomoe import AudiomoeForConditionalGeneration
 from audiomoe.models.hf.processing_audiomoe import AudiomoeProcessor
@@ -93,6 +93,7 @@ def native_config(
         sources=sources,
         lora=lora,
         auto_map={**auto_map(), **processor_auto_map()},
+        custom_pipelines=custom_pipelines(),
         pad_token_id=model.processor.pad_token_id,
         eos_token_id=model._stop_ids(),
     )
