@@ -12,6 +12,7 @@ The output loads with ``transformers.AutoModel.from_pretrained(OUT, trust_remote
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 
@@ -54,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
     files = sorted(p for p in out.rglob("*") if p.is_file())
     size = sum(p.stat().st_size for p in files)
     lora = [p.parent.name for p in files if p.name == "adapter_config.json"]
+    sources = json.loads((out / "config.json").read_text()).get("sources", {})
+    referenced = ", ".join(f"{name} -> {s['reference']}" for name, s in sources.items()) or "none"
     print(
-        f"wrote {out}: {len(files)} files, {size / 2**20:.1f} MiB; LoRA folders: {', '.join(lora) or 'none'}"
+        f"wrote {out}: {len(files)} files, {size / 2**20:.1f} MiB; LoRA folders: {', '.join(lora) or 'none'}; "
+        f"referenced: {referenced}"
     )
     return 0
