@@ -60,9 +60,16 @@ def audio_token_lengths_from_dir(directory: str | Path) -> Callable[[torch.Tenso
     encoder_config = from_dict(EncoderConfig, saved.get("encoder", {}), "encoder")
     if manifest.get("encoder_config"):
         encoder_config = dataclasses.replace(encoder_config, path="", config=manifest["encoder_config"])
+    return audio_token_lengths_of(encoder_config, saved["adapter"])
+
+
+def audio_token_lengths_of(
+    encoder_config: EncoderConfig, adapter_config: dict[str, Any]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The length function of an encoder + adapter, from skeletons on the meta device (no weights)."""
     with torch.device("meta"):
         encoder = build_encoder(encoder_config)
-        adapter = build_adapter(saved["adapter"])
+        adapter = build_adapter(adapter_config)
 
     def lengths(audio_lengths: torch.Tensor) -> torch.Tensor:
         return adapter.output_lengths(encoder.output_lengths(audio_lengths))

@@ -106,6 +106,18 @@ def _hf_config(module: nn.Module) -> PretrainedConfig | None:
     return None
 
 
+def build_components(config: LALMConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """Encoder, adapter and LLM of ``config`` (no LoRA, no freezing); fills the adapter's ``input_dim`` /
+    ``output_dim`` in ``config.adapter``. Shared with the transformers-native class (:mod:`audiomoe.models.hf`)."""
+    encoder = build_encoder(config.encoder)
+    llm = build_llm(config.llm)
+    llm_hidden = llm.config.get_text_config().hidden_size
+    for key, size in (("input_dim", encoder.hidden_size), ("output_dim", llm_hidden)):
+        if config.adapter.setdefault(key, size) != size:
+            raise ConfigError(f"adapter.{key} = {config.adapter[key]} but the model needs {size}")
+    return encoder, build_adapter(config.adapter).train(False), llm
+
+
 class AudioLanguageModel(nn.Module):
     """Encoder + adapter + LLM; see the module docstring. Build from a :class:`LALMConfig` (or a dict)."""
 
@@ -118,13 +130,7 @@ class AudioLanguageModel(nn.Module):
         config = dataclasses.replace(config, adapter=dict(config.adapter))
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
-            self.encoder = build_encoder(config.encoder)
-            self.llm = build_llm(config.llm)
-            llm_hidden = self.llm.config.get_text_config().hidden_size
-            for key, size in (("input_dim", self.encoder.hidden_size), ("output_dim", llm_hidden)):
-                if config.adapter.setdefault(key, size) != size:
-                    raise ConfigError(f"adapter.{key} = {config.adapter[key]} but the model needs {size}")
-            self.adapter = build_adapter(config.adapter).train(False)
+            self.encoder, self.adapter, self.llm = build_components(config)
             if config.lora.llm:
                 inject_lora(self.llm, config.lora, config.lora.llm_target_modules, "llm")
             if config.lora.encoder:

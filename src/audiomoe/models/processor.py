@@ -184,10 +184,14 @@ class AudioLanguageProcessor:
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, audio_token_lengths: Callable[[torch.Tensor], torch.Tensor] | None = None
+        cls,
+        directory: str | Path,
+        audio_token_lengths: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        **load_kwargs: Any,
     ) -> AudioLanguageProcessor:
         """Load from a model directory. Without ``audio_token_lengths`` the model's encoder and adapter are built
-        on the meta device (no weights) from the directory's config to get it."""
+        on the meta device (no weights) from the directory's config to get it. ``load_kwargs`` (e.g.
+        ``trust_remote_code``) go to the tokenizer's and feature extractor's ``from_pretrained``."""
         directory = Path(directory)
         if not (directory / PROCESSOR_CONFIG).is_file():
             raise FileNotFoundError(
@@ -198,8 +202,8 @@ class AudioLanguageProcessor:
         )
         if audio_token_lengths is None:
             audio_token_lengths = audio_token_lengths_from_dir(directory)
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        feature_extractor = AutoFeatureExtractor.from_pretrained(str(directory))
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), **load_kwargs)
+        feature_extractor = AutoFeatureExtractor.from_pretrained(str(directory), **load_kwargs)
         return cls(tokenizer, feature_extractor, audio_token_lengths, config)
 
     # -- helpers ------------------------------------------------------------------------------------------------
