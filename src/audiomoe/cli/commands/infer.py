@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from audiomoe import runtime
+from audiomoe.cli.options import non_negative_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,10 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="model directory")
     parser.add_argument("--audio", type=Path, action="append", required=True, help="audio file (repeatable)")
     parser.add_argument("--prompt", default="What do you hear?", help="user prompt (an <audio> tag is added)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--temperature", type=non_negative_float, default=0.7)
+    parser.add_argument("--top-p", type=non_negative_float, default=0.9)
     parser.add_argument("--seed", type=int, default=0, help="random seed for --sample")
     parser.add_argument("--json", type=Path, default=None, help="also write the answers to this JSON file")
     runtime.add_runtime_arguments(parser)
