@@ -111,13 +111,13 @@ def preflight(
                 known[digest] = round(duration, 4)
             continue
         load = loads[i]
-        line = load.lines[j] if load.lines else 0
-        bad = ManifestProblem(load.path, line, problem)
-        if on_bad_line == "fail":
-            raise ManifestError(f"{bad} (fix or remove the clip, or set data.on_bad_line=skip to drop it)")
-        report.problems.append(bad)
+        report.problems.append(ManifestProblem(load.path, load.lines[j] if load.lines else 0, problem))
     if report.decoded:
-        _write_cache(cache_path, known)
+        _write_cache(cache_path, known)  # first: the good clips need not be decoded again after a fix
+    if report.problems and on_bad_line == "fail":
+        first = min(report.problems, key=lambda p: (p.path, p.line))
+        more = f" ({len(report.problems) - 1} more bad clips)" if len(report.problems) > 1 else ""
+        raise ManifestError(f"{first}{more}; fix or remove the clip, or set data.on_bad_line=skip to drop it")
     for load in loads:
         bad = [p for p in report.problems if p.path == load.path]
         if bad:

@@ -85,7 +85,7 @@ def check_resume(
     if frozen:
         raise ResumeMismatch(
             f"--resume: {where} was written for another model ({_describe(frozen)}); its weights cannot be loaded "
-            "into this one: start a new run (another out_dir) or init it from the old model (model.path=RUN/model)"
+            "into this one: train it in another out_dir (to start from the old model: model.path=RUN/model)"
         )
     refused = {k: v for k, v in diff.items() if not _covered(k, allow)}
     if refused:

@@ -151,6 +151,7 @@ class RunResult:
     run_dir: Path
     model_dir: Path
     summary: dict[str, Any]
+    already_done: bool = False  # a --resume of a finished run: nothing trained, nothing written
 
 
 def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | None = None) -> RunResult:
@@ -217,7 +218,7 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() and env.is_main else {}
         del trainer
         shutdown(env)
-        return RunResult(config.run_dir, model_dir, summary)
+        return RunResult(config.run_dir, model_dir, summary, already_done=True)
     if env.is_main:
         exported = export_model(config, model, env)
         bad = ckpt.non_finite({k: v for k, v in exported.state_dict().items()})

@@ -518,9 +518,13 @@ class Trainer:
                   "non_finite_steps": self.non_finite_steps})  # fmt: skip
         if policy == "stop" or consecutive >= self.config.nan_patience:
             latest = ckpt.latest_checkpoint(self.checkpoint_root)
-            kept = f"the last good checkpoint {latest} is intact" if latest else "no checkpoint was written"
+            then = (
+                f"the last good checkpoint {latest} is intact: resume it with a lower optim.lr and "
+                "--resume --allow-config-change optim.lr"
+                if latest
+                else "no checkpoint was written: start again with a lower optim.lr (or more schedule.warmup_steps)"
+            )
             raise NonFiniteTraining(
                 f"training stopped: non-finite values {consecutive} step(s) in a row at {where} "
-                f"(nan_policy={policy}, nan_patience={self.config.nan_patience}); {kept}; lower optim.lr "
-                "(or raise schedule.warmup_steps) and resume with --resume --allow-config-change optim.lr"
+                f"(nan_policy={policy}, nan_patience={self.config.nan_patience}); {then}"
             )

@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
             "--allow-config-change takes key names (optim.lr), not overrides: put KEY=VALUE before --resume"
         )
     result = train(config, resume=args.resume, allow_changes=args.allow_config_change)
+    if result.already_done:
+        return 0
     if result.summary:
         print(f"trained {result.summary['steps']} steps in {result.summary['train_seconds']:.1f} s; "
               f"model saved to {result.model_dir}")  # fmt: skip
