@@ -53,7 +53,7 @@ def run_validate(args: argparse.Namespace) -> int:
         bad += len(lines)
         status = "ok" if not problems else f"{len(lines)} bad line(s)"
         print(f"{path}: {status}", file=sys.stderr)
-    return 1 if bad else 0
+    return 2 if bad else 0  # bad input (the error contract: 1 is only for bugs)
 
 
 def run_import(args: argparse.Namespace) -> int:
