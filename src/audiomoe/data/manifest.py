@@ -165,8 +165,18 @@ def _parse_native(obj: dict[str, Any], line: int) -> AudioRecord:
     )
 
 
+def _task_name(obj: dict[str, Any], schema: str, default: str | None) -> str | None:
+    """The registered name of the line's ``task`` (or ``default`` when absent / empty)."""
+    value = obj.get("task")
+    if value in (None, ""):
+        return get_task(default).name if default else None
+    if not isinstance(value, str):
+        raise ManifestError(f"{schema} schema: 'task' must be a task name (a string), got {value!r}")
+    return get_task(value).name
+
+
 def _parse_slam(obj: dict[str, Any], line: int) -> AudioRecord:
-    task = get_task(obj.get("task") or "transcribe").name
+    task = _task_name(obj, "slam", "transcribe")
     target = _need_str(obj, "target", "slam")
     prompt = _need_str(obj, "prompt", "slam", optional=True)
     return AudioRecord(
@@ -197,12 +207,13 @@ def _parse_messages(obj: dict[str, Any], line: int) -> AudioRecord:
     if not isinstance(answer, str) or not answer.strip():
         raise ManifestError("messages schema: the assistant message must be a non-empty string")
     instruction = question.replace(AUDIO_TAG, "").strip()
-    if obj.get("task"):
-        task = get_task(obj["task"]).name
-    else:
+    task = _task_name(obj, "messages", None)
+    if task is None:
         found = find_task_by_instruction(instruction)
         task = found.name if found else "audio_qa"
     key = obj.get("key", obj.get("id"))
+    if key is not None and not isinstance(key, (str, int)) or isinstance(key, bool):
+        raise ManifestError(f"messages schema: 'key' / 'id' must be a string or an integer, got {key!r}")
     return AudioRecord(
         key=str(key) if key is not None else f"line{line}",
         audio=audios[0],
@@ -211,7 +222,8 @@ def _parse_messages(obj: dict[str, Any], line: int) -> AudioRecord:
         answer=answer,
         attributes=_attributes(obj),
         duration=_duration(obj),
-        transcript=obj.get("transcript") or (answer if task == "transcribe" else None),
+        transcript=_need_str(obj, "transcript", "messages", optional=True)
+        or (answer if task == "transcribe" else None),
     )
 
 
