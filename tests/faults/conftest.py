@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import traceback
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ import pytest
 import soundfile as sf
 
 from audiomoe.cli.main import main as cli
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the toy model of test_train
 
 TALLY: Counter[str] = Counter()
 NOTES = {"piano": 220.0, "flute": 660.0, "organ": 330.0}

@@ -181,10 +181,13 @@ class Trainer:
         tmp = ckpt.temp_dir_for(self.checkpoint_root, self.step)
         try:
             return self._write_checkpoint(tmp, model_state, optim_state)
-        except OSError as err:
-            # disk full / read-only / permissions: no temp directory left to fill the disk, older checkpoints intact
+        except (OSError, ckpt.CheckpointError) as err:
+            # disk full / read-only / permissions / non-finite weights: no temp directory left to fill the disk,
+            # older checkpoints intact
             if self.env.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, ckpt.CheckpointError):
+                raise
             raise ckpt.storage_error(err, tmp, f"the step-{self.step} checkpoint") from None
 
     def _write_checkpoint(self, tmp: Path, model_state: dict, optim_state: dict) -> Path | None:
