@@ -225,6 +225,12 @@ def _(c: Ctx) -> list[Any]:
     return c.resume("model.adapter={type: linear}")
 
 
+@case("resume: model.adapter.type=mlp is refused with the diff before the model is built", 2,
+      r"written for another model \(model\.adapter\.type: 'moe' -> 'mlp'\)")  # fmt: skip
+def _(c: Ctx) -> list[Any]:
+    return c.resume("model.adapter.type=mlp")
+
+
 @case("resume: num_experts 4 -> 8 is refused with the diff (not a size-mismatch traceback)", 2,
       r"model\.adapter\.num_experts: 4 -> 8")  # fmt: skip
 def _(c: Ctx) -> list[Any]:

@@ -36,7 +36,7 @@ from audiomoe.models.presets import build_preset
 from audiomoe.training import checkpoint as ckpt
 from audiomoe.training.config import ModelSection, TrainConfig
 from audiomoe.training.distributed import DistEnv, barrier, default_device, init_distributed, shutdown
-from audiomoe.training.fingerprint import config_fingerprint
+from audiomoe.training.fingerprint import check_resume, config_fingerprint
 from audiomoe.training.stream import BatchStream
 from audiomoe.training.trainer import Trainer, seed_everything
 
@@ -146,6 +146,21 @@ def export_model(config: TrainConfig, model: AudioLanguageModel, env: DistEnv) -
     return full
 
 
+def precheck_resume(config: TrainConfig, allow_changes: list[str], world_size: int) -> None:
+    """Refuse a changed config before building anything: a changed adapter would otherwise fail while the model
+    is built, with a message about the adapter rather than the diff. (The trainer checks again, on the
+    checkpoint it actually resumes, with the data counted.)"""
+    latest = ckpt.latest_checkpoint(config.run_dir / "checkpoints")
+    if latest is None:
+        return
+    try:
+        saved = dict(ckpt.read_manifest(latest).get("fingerprint", {}))
+    except ckpt.CheckpointError:
+        return  # a damaged newest checkpoint: the trainer verifies and falls back
+    saved.pop("data.train_items", None)
+    check_resume(saved, config_fingerprint(config, world_size), allow_changes, str(latest))
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -162,6 +177,8 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
     env = DistEnv.from_env()
     device = default_device(env)
     init_distributed(env, device)  # before the feature cache: rank 0 fills it while the others wait
+    if resume:
+        precheck_resume(config, list(allow_changes or []), env.world_size)
     seed_everything(config.seed)
     model = build_model(config.model)
     train_records, dev_records, skipped = read_data(config)

@@ -512,6 +512,7 @@ class Trainer:
     def _skip_non_finite(self, loss: float, grad_norm: float, consecutive: int) -> None:
         """Drop this update (``nan_policy=skip``) or stop the run (``stop``, or ``nan_patience`` in a row)."""
         self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()  # fp16: closes this iteration's unscale_ (lowering the scale); a no-op otherwise
         policy = self.config.nan_policy
         where = f"step {self.step + 1}: loss {loss}, gradient norm {grad_norm}"
         if policy == "raise":
