@@ -115,3 +115,14 @@ def test_summary_values_are_always_valid_json() -> None:
         "y": {"z": None},
     }
     count()
+
+
+def test_a_skipped_step_under_a_grad_scaler_keeps_training(tmp_path: Path) -> None:
+    """fp16 runs (GPU) scale the loss: a skipped step must close the scaler's iteration, or the next unscale_
+    fails. The scaler's logic is device-independent, so it is exercised here on the CPU."""
+    trainer = build(make_config(tmp_path, steps=6, grad_accum=1), poisoned_stream({3}))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    result = trainer.fit()
+    assert result.step == 6 and result.non_finite_steps == 1
+    assert trainer.scaler.get_scale() == 2.0**7  # the non-finite step halved the scale
+    count()
