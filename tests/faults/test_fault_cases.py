@@ -84,9 +84,11 @@ def no_temp_dirs(run: Path) -> bool:
 
 # ------------------------------------------------------------------------------------------ data validate
 @case("validate: non-UTF-8 line, the next manifest is still checked", 2, "",
-      check=lambda c, o: ":2: not UTF-8 (byte 0xff" in o.out and f"{c.notes['second']}: ok" in o.err)  # fmt: skip
+      check=lambda c, o: ":2: not UTF-8 (byte 0xff" in o.out and ":3: " in o.out
+      and f"{c.notes['second']}: ok" in o.err)  # fmt: skip
 def _(c: Ctx) -> list[Any]:
-    bad = c.manifest("latin.jsonl", (c.good_line() + "\n").encode() + b'{"key": "\xff"}\n')
+    # line 3 (after the bad byte) is still read: its own problem is reported too
+    bad = c.manifest("latin.jsonl", (c.good_line() + "\n").encode() + b'{"key": "\xff"}\n{"foo": 1}\n')
     c.notes["second"] = c.manifest("fine.jsonl", [c.good_line()])
     return ["data", "validate", bad, c.notes["second"]]
 

@@ -303,25 +303,22 @@ def parse_line(
     return record
 
 
-class _NotUTF8(ManifestError):
-    def __init__(self, line: int, reason: str) -> None:
-        super().__init__(reason)
-        self.line = line
-
-
-def _iter_lines(path: Path) -> Iterable[tuple[int, str]]:
-    """Non-blank lines as ``(number, text)``; a line that is not UTF-8 raises :class:`_NotUTF8` with its number."""
+def _iter_lines(path: Path) -> Iterable[tuple[int, bytes]]:
+    """Non-blank lines as ``(number, bytes)``: decoded one by one (:func:`_decode`), so a line that is not UTF-8
+    is reported with its number and the lines after it are still read."""
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise _NotUTF8(
-                    number,
-                    f"not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); re-save the file as UTF-8",
-                ) from None
-            if text.strip():
-                yield number, text
+            if raw.strip():
+                yield number, raw
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ManifestError(
+            f"not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); re-save the file as UTF-8"
+        ) from None
 
 
 def check_readable(path: Path, what: str = "manifest") -> None:
@@ -363,22 +360,10 @@ def load_manifest(
     problems: list[ManifestProblem] = []
     seen: dict[str, int] = {}
     total = 0
-    lines = _iter_lines(path)
-    while True:
-        try:
-            number, text = next(lines)
-        except StopIteration:
-            break
-        except _NotUTF8 as err:  # the rest of the file cannot be trusted to be lines of text
-            total += 1
-            problem = ManifestProblem(str(path), err.line, str(err))
-            if on_error == "fail":
-                raise ManifestError(str(problem)) from None
-            problems.append(problem)
-            break
+    for number, raw in _iter_lines(path):
         total += 1
         try:
-            record = parse_line(text, number, path.parent, max_text_chars)
+            record = parse_line(_decode(raw), number, path.parent, max_text_chars)
             if record.key in seen:
                 raise ManifestError(f"duplicate key {record.key!r} (first on line {seen[record.key]})")
             if check_files:
