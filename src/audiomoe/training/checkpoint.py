@@ -20,6 +20,7 @@ read-only, permissions) raise :class:`StorageError` after removing the temp dire
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -27,6 +28,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +263,8 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     bad = non_finite(unique)
     if bad:
         raise CheckpointError(f"refusing to write non-finite weights to {path} ({bad})")
-    save_file(unique, str(path))
+    with write_errors_as_os_errors(path):
+        save_file(unique, str(path))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -305,8 +308,26 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def write_errors_as_os_errors(path: Path) -> Iterator[None]:
+    """torch.save reports a full disk as ``RuntimeError: ... PytorchStreamWriter failed writing file`` and
+    safetensors as its own error: make them the ``OSError`` they are, so they are storage errors (exit 3)."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as err:
+        try:
+            full = shutil.disk_usage(_existing_parent(path)).free < 2**20
+        except OSError:
+            full = False
+        reason = "No space left on device" if full else f"write failed ({str(err).splitlines()[0][:200]})"
+        raise OSError(errno.ENOSPC if full else errno.EIO, reason, str(path)) from err
+
+
 def save_object(obj: Any, path: Path) -> None:
-    torch.save(obj, path)
+    with write_errors_as_os_errors(path):
+        torch.save(obj, path)
 
 
 def load_object(path: Path) -> Any:

@@ -244,7 +244,8 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
                 f"refusing to save a model with non-finite weights to {model_dir} ({bad})"
             )
         try:
-            exported.save_pretrained(model_dir)
+            with ckpt.write_errors_as_os_errors(model_dir):
+                exported.save_pretrained(model_dir)
         except OSError as err:
             raise ckpt.storage_error(err, model_dir, "the model") from None
         summary = {
