@@ -90,6 +90,8 @@ def test_from_hf_matches_qwen2_moe_block(norm_topk_prob, kernel):
     assert set(layer.state_dict()) == set(block.state_dict())
     out = layer(x.reshape(-1, 64)).out.reshape(3, 10, 64)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    # the block's own (batch, time, hidden) input works as well, with the same shape out
+    torch.testing.assert_close(layer(x).out, ref, atol=1e-5, rtol=1e-5)
     # and back: our weights load into a fresh transformers block
     block2 = Qwen2MoeSparseMoeBlock(cfg)
     block2.load_state_dict(layer.state_dict())

@@ -93,11 +93,11 @@ def test_validate_reports_each_bad_line_and_exits_nonzero(tmp_path: Path, capsys
         assert words in reasons[line], (line, reasons[line])
     assert str(problems[0]).startswith(f"{manifest}:2: ")
 
-    assert main(["data", "validate", str(manifest)]) == 1
+    assert main(["data", "validate", str(manifest)]) == 2
     out = capsys.readouterr().out
     for line in range(2, 12):
         assert f"{manifest}:{line}: " in out
-    assert main(["data", "validate", str(tmp_path / "m.jsonl"), "--no-audio"]) == 1
+    assert main(["data", "validate", str(tmp_path / "m.jsonl"), "--no-audio"]) == 2
 
     # Training loaders: fail fast names the line; skip mode keeps the good lines and counts the rest.
     with pytest.raises(ManifestError, match=r"m\.jsonl:2: "):

@@ -10,6 +10,7 @@ result back, so losses, counts and bias updates see valid frames only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -282,7 +283,13 @@ class MoELayer(nn.Module):
         self.load_since_update = torch.zeros(config.num_experts)
 
     def forward(self, x: torch.Tensor) -> MoELayerOutput:
-        """x ``(N, H)``: valid tokens only."""
+        """x ``(N, H)``: valid tokens only; or ``(..., H)`` as the transformers block takes (``(B, T, H)``):
+        flattened to ``(N, H)``, ``out`` keeps the leading shape (routing and counts stay flat)."""
+        if x.dim() != 2:
+            if x.dim() < 1:
+                raise ValueError(f"MoELayer expects (..., hidden) input, got shape {tuple(x.shape)}")
+            result = self.forward(x.reshape(-1, x.shape[-1]))
+            return dataclasses.replace(result, out=result.out.reshape(*x.shape[:-1], result.out.shape[-1]))
         c = self.config
         n = x.shape[0]
         routing = self.gate(x)

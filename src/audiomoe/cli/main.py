@@ -1,7 +1,10 @@
 """``audiomoe`` entry point. Commands are discovered from ``audiomoe.cli.commands`` (a registry by module).
 
 A command module defines ``register(subparsers) -> None``; its parser sets ``func(args) -> int | None``.
-User-facing errors (bad config, bad input file) are printed as one line and exit 2, never a traceback.
+Error contract: every user-facing error is one line (what, where, the fix), never a traceback. Exit codes:
+0 success; 2 bad input (config, manifest, audio, option values, a changed config on ``--resume``); 3 the
+environment (disk full, read-only or unwritable folders, other storage errors); 1 a bug: the traceback is printed
+with a request to report it together with the output of ``audiomoe env``; 130 interrupted. ``--debug`` re-raises.
 ``--plugin MODULE_OR_FILE`` (before the command, repeatable) imports user code first (:mod:`audiomoe.plugins`),
 so its registered adapters, encoders, tasks and metrics are known to every command.
 """
@@ -12,17 +15,40 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import traceback
 
 from audiomoe import __version__
 from audiomoe.cli import commands
 from audiomoe.plugins import PluginError, load_plugins
 
+# Bad input (exit 2): the user can fix it by changing what they gave.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     FileNotFoundError,
     FileExistsError,
-    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    UnicodeError,
 )
+# The machine (exit 3): disk full, read-only, permissions, I/O errors.
+ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (OSError,)
+BAD_INPUT, ENVIRONMENT, BUG = 2, 3, 1
+
+
+def exit_code(err: BaseException) -> int:
+    """The exit code of an exception under the error contract (see the module docstring)."""
+    if isinstance(err, USER_ERRORS):
+        return BAD_INPUT
+    if isinstance(err, ENVIRONMENT_ERRORS):
+        return ENVIRONMENT
+    return BUG
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (a multi-line message keeps its first line and counts the rest)."""
+    lines = [line for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    more = f" (+{len(lines) - 1} more lines; rerun with --debug)" if len(lines) > 1 else ""
+    return lines[0] + more
 
 
 def command_modules() -> list[str]:
@@ -83,11 +109,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
-    except USER_ERRORS as err:
+    except KeyboardInterrupt:
+        print(f"audiomoe {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
         if args.debug:
             raise
-        print(f"audiomoe {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        code = exit_code(err)
+        if code == BUG:
+            traceback.print_exc()
+            print(
+                f"audiomoe {args.command}: internal error ({type(err).__name__}: {one_line(err)}); this is a bug: "
+                "please report it with the traceback above and the output of `audiomoe env`",
+                file=sys.stderr,
+            )
+        else:
+            print(f"audiomoe {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return code
     return int(result or 0)
 
 

@@ -9,6 +9,7 @@ shorter than its header says), empty (no samples), NaN/inf samples, or silence (
 from __future__ import annotations
 
 import io
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,12 @@ def audio_info(path: str | Path) -> AudioInfo:
             f"{path}: audio file not found; check the path (relative paths are resolved against "
             "the manifest's folder)"
         )
+    if path.stat().st_size == 0:
+        raise AudioError(
+            f"{path}: is empty (0 bytes); copy or export it again, or remove it from the manifest"
+        )
+    if not os.access(path, os.R_OK):  # libsndfile would call it an unknown format
+        raise AudioError(f"{path}: is not readable (permission denied); fix its permissions")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as err:

@@ -19,12 +19,19 @@ All three become an :class:`AudioRecord`. Relative audio paths are resolved agai
 (``path:line: reason``); ``on_error="skip"`` drops bad lines and prints a counted summary to stderr (never a
 silent skip; :func:`load_manifest` returns the problems too). ``validate_manifest(path)`` checks every line,
 including that the audio decodes and that a stated duration matches, and returns every problem.
+
+The same rules hold wherever a manifest is read (validate, train, eval): a line must be UTF-8 JSON without
+duplicate keys, its instruction and answer at most ``max_text_chars`` characters (a longer one would only run out
+of memory in training), and the file must hold at least one line. Long clips are accepted everywhere: the encoder
+splits them into its windows (``processor.long_audio``), and ``validate`` notes how many there are.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,6 +43,9 @@ from audiomoe.data.tasks import TASKS, find_task_by_instruction, get_task
 
 AUDIO_TAG = "<audio>"
 DURATION_TOLERANCE = 0.05  # seconds; a stated duration further off than this (and 2%) is a problem
+# Longest instruction / answer in characters: a transcript of several minutes of speech fits; megabytes do not.
+MAX_TEXT_CHARS = 10_000
+ENCODER_WINDOW = 30.0  # seconds (Whisper): longer clips are encoded in windows
 
 
 class ManifestError(ValueError):
@@ -97,6 +107,7 @@ class ManifestLoad:
     records: list[AudioRecord]
     problems: list[ManifestProblem]
     total_lines: int
+    lines: list[int] = field(default_factory=list)  # the manifest line of each record
 
     def summary(self, show: int = 5) -> str:
         lines = [
@@ -154,8 +165,18 @@ def _parse_native(obj: dict[str, Any], line: int) -> AudioRecord:
     )
 
 
+def _task_name(obj: dict[str, Any], schema: str, default: str | None) -> str | None:
+    """The registered name of the line's ``task`` (or ``default`` when absent / empty)."""
+    value = obj.get("task")
+    if value in (None, ""):
+        return get_task(default).name if default else None
+    if not isinstance(value, str):
+        raise ManifestError(f"{schema} schema: 'task' must be a task name (a string), got {value!r}")
+    return get_task(value).name
+
+
 def _parse_slam(obj: dict[str, Any], line: int) -> AudioRecord:
-    task = get_task(obj.get("task") or "transcribe").name
+    task = _task_name(obj, "slam", "transcribe")
     target = _need_str(obj, "target", "slam")
     prompt = _need_str(obj, "prompt", "slam", optional=True)
     return AudioRecord(
@@ -186,12 +207,13 @@ def _parse_messages(obj: dict[str, Any], line: int) -> AudioRecord:
     if not isinstance(answer, str) or not answer.strip():
         raise ManifestError("messages schema: the assistant message must be a non-empty string")
     instruction = question.replace(AUDIO_TAG, "").strip()
-    if obj.get("task"):
-        task = get_task(obj["task"]).name
-    else:
+    task = _task_name(obj, "messages", None)
+    if task is None:
         found = find_task_by_instruction(instruction)
         task = found.name if found else "audio_qa"
     key = obj.get("key", obj.get("id"))
+    if key is not None and not isinstance(key, (str, int)) or isinstance(key, bool):
+        raise ManifestError(f"messages schema: 'key' / 'id' must be a string or an integer, got {key!r}")
     return AudioRecord(
         key=str(key) if key is not None else f"line{line}",
         audio=audios[0],
@@ -200,7 +222,8 @@ def _parse_messages(obj: dict[str, Any], line: int) -> AudioRecord:
         answer=answer,
         attributes=_attributes(obj),
         duration=_duration(obj),
-        transcript=obj.get("transcript") or (answer if task == "transcribe" else None),
+        transcript=_need_str(obj, "transcript", "messages", optional=True)
+        or (answer if task == "transcribe" else None),
     )
 
 
@@ -237,12 +260,35 @@ def detect_schema(obj: dict[str, Any]) -> str:
     raise ManifestError(f"unknown schema (keys {sorted(obj)}); expected one of: {known}")
 
 
-def parse_line(text: str, line: int, base_dir: Path | None = None) -> AudioRecord:
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ManifestError(f"duplicate JSON key {key!r} in one object (which value is meant?); keep one")
+        seen[key] = value
+    return seen
+
+
+def _check_lengths(record: AudioRecord, max_text_chars: int) -> None:
+    for name in ("instruction", "answer"):
+        size = len(getattr(record, name))
+        if size > max_text_chars:
+            raise ManifestError(
+                f"'{name}' has {size} characters, more than the limit of {max_text_chars}; shorten it, or raise "
+                "the limit (data.max_text_chars)"
+            )
+
+
+def parse_line(
+    text: str, line: int, base_dir: Path | None = None, max_text_chars: int = MAX_TEXT_CHARS
+) -> AudioRecord:
     """Parse one manifest line (any schema); ``base_dir`` resolves relative audio paths. Raises ManifestError."""
     try:
-        obj = json.loads(text.rstrip("\r\n"))
+        obj = json.loads(text.rstrip("\r\n"), object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as err:
         raise ManifestError(f"not valid JSON ({err.msg} at column {err.colno})") from None
+    except RecursionError:
+        raise ManifestError("not valid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise ManifestError(f"expected a JSON object, got {type(obj).__name__}")
     try:
@@ -251,20 +297,54 @@ def parse_line(text: str, line: int, base_dir: Path | None = None) -> AudioRecor
         raise
     except ValueError as err:  # unknown task and other value errors from helpers
         raise ManifestError(str(err)) from None
+    _check_lengths(record, max_text_chars)
     if base_dir is not None and not Path(record.audio).is_absolute():
         record.audio = str(base_dir / record.audio)
     return record
 
 
-def _iter_lines(path: Path) -> Iterable[tuple[int, str]]:
-    with path.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if text.strip():
-                yield number, text
+def _iter_lines(path: Path) -> Iterable[tuple[int, bytes]]:
+    """Non-blank lines as ``(number, bytes)``: decoded one by one (:func:`_decode`), so a line that is not UTF-8
+    is reported with its number and the lines after it are still read."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if raw.strip():
+                yield number, raw
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ManifestError(
+            f"not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); re-save the file as UTF-8"
+        ) from None
+
+
+def check_readable(path: Path, what: str = "manifest") -> None:
+    """Raise ``FileNotFoundError`` / ``PermissionError`` / ``IsADirectoryError`` with a message that says which."""
+    if path.is_symlink() and not path.exists():
+        try:
+            os.stat(path)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise FileNotFoundError(
+                    f"{what} {path} is a symlink loop; point the link at a real file"
+                ) from None
+        raise FileNotFoundError(f"{what} {path} is a dangling symlink (to {os.readlink(path)})")
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory, not a file; give the .jsonl file inside it")
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"{what} {path} is not readable (permission denied); fix its permissions")
 
 
 def load_manifest(
-    path: str | Path, on_error: Literal["fail", "skip"] = "fail", check_files: bool = True
+    path: str | Path,
+    on_error: Literal["fail", "skip"] = "fail",
+    check_files: bool = True,
+    max_text_chars: int = MAX_TEXT_CHARS,
 ) -> ManifestLoad:
     """Parse every line; ``check_files`` also requires each audio file to exist (cheap, no decoding).
 
@@ -274,20 +354,20 @@ def load_manifest(
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
+    check_readable(path)
     records: list[AudioRecord] = []
+    numbers: list[int] = []
     problems: list[ManifestProblem] = []
     seen: dict[str, int] = {}
     total = 0
-    for number, text in _iter_lines(path):
+    for number, raw in _iter_lines(path):
         total += 1
         try:
-            record = parse_line(text, number, path.parent)
+            record = parse_line(_decode(raw), number, path.parent, max_text_chars)
             if record.key in seen:
                 raise ManifestError(f"duplicate key {record.key!r} (first on line {seen[record.key]})")
-            if check_files and not Path(record.audio).is_file():
-                raise ManifestError(f"audio file {record.audio} not found")
+            if check_files:
+                _check_audio_path(Path(record.audio))
         except ManifestError as err:
             problem = ManifestProblem(str(path), number, str(err))
             if on_error == "fail":
@@ -296,7 +376,20 @@ def load_manifest(
             continue
         seen[record.key] = number
         records.append(record)
-    return ManifestLoad(str(path), records, problems, total)
+        numbers.append(number)
+    if total == 0:
+        raise ManifestError(f"{path}: the manifest is empty (no lines); add one JSON object per line")
+    return ManifestLoad(str(path), records, problems, total, numbers)
+
+
+def _check_audio_path(audio: Path) -> None:
+    if audio.is_file():
+        return
+    if audio.is_dir():
+        raise ManifestError(f"audio {audio} is a directory, not an audio file")
+    if audio.is_symlink():
+        raise ManifestError(f"audio file {audio} is a dangling symlink or a symlink loop")
+    raise ManifestError(f"audio file {audio} not found")
 
 
 def read_manifest(
@@ -326,25 +419,28 @@ def write_manifest(records: Iterable[AudioRecord], path: str | Path, relative: b
 
 
 def validate_manifest(
-    path: str | Path, check_audio: bool = True, max_duration: float | None = 30.0, sampling_rate: int = 16000
+    path: str | Path,
+    check_audio: bool = True,
+    max_duration: float | None = None,
+    sampling_rate: int = 16000,
+    max_text_chars: int = MAX_TEXT_CHARS,
+    notes: list[str] | None = None,
 ) -> list[ManifestProblem]:
-    """Every problem of every line: JSON, schema, task, duplicate key, file exists, decodes, duration.
+    """Every problem of every line: JSON, schema, task, duplicate key, text length, file exists, decodes, duration.
 
     ``check_audio`` decodes each file (catches empty, silent, NaN, truncated, undecodable) and compares a stated
-    duration with the real one; ``max_duration`` flags clips longer than the encoder window (Whisper: 30 s).
+    duration with the real one; ``max_duration`` (None: no limit, as in training and evaluation) flags longer
+    clips. Clips longer than the encoder window are accepted (encoded in windows) and counted in ``notes``.
     """
     path = Path(path)
-    if not path.is_file():
-        return [ManifestProblem(str(path), 0, "manifest file does not exist")]
-    loaded = load_manifest(path, on_error="skip", check_files=True)
+    try:
+        loaded = load_manifest(path, on_error="skip", check_files=True, max_text_chars=max_text_chars)
+    except (OSError, ManifestError) as err:  # missing, directory, unreadable, empty: the file itself
+        return [ManifestProblem(str(path), 0, str(err))]
     problems = list(loaded.problems)
+    windowed = 0
     if check_audio:
-        lines = {}
-        for number, text in _iter_lines(path):
-            lines[number] = text
-        bad_lines = {p.line for p in problems}
-        numbered = [n for n in lines if n not in bad_lines]
-        for number, record in zip(numbered, loaded.records):
+        for number, record in zip(loaded.lines, loaded.records):
             try:
                 info = audio_info(record.audio)
                 load_audio(record.audio, sampling_rate)
@@ -368,4 +464,11 @@ def validate_manifest(
                         str(path), number, f"audio lasts {real:.1f} s, more than {max_duration:.0f} s"
                     )
                 )
+            elif real > ENCODER_WINDOW:
+                windowed += 1
+    if windowed and notes is not None:
+        notes.append(
+            f"{path}: note: {windowed} clip(s) longer than {ENCODER_WINDOW:.0f} s are encoded in "
+            f"{ENCODER_WINDOW:.0f} s windows (processor.long_audio=split), as in training and evaluation"
+        )
     return sorted(problems, key=lambda p: p.line)

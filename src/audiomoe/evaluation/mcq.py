@@ -70,25 +70,46 @@ def choose(prediction: str, choices: list[str]) -> int | None:
     return max(contained)[1] if contained else None
 
 
+def _checked_item(raw: Any, where: str) -> tuple[list[str], str]:
+    """The choices and answer of one item, after the schema checks (``where`` names the file and item)."""
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"{where}: expected an object {{question, choices, answer}}, got {type(raw).__name__}"
+        )
+    for key in ("question", "choices", "answer"):
+        if key not in raw:
+            raise ValueError(f"{where}: missing key {key!r} (MMAU/MMAR items need question, choices, answer)")
+    if not isinstance(raw["question"], str) or not raw["question"].strip():
+        raise ValueError(f"{where}: 'question' must be a non-empty string")
+    choices = raw["choices"]
+    if not isinstance(choices, list) or not all(isinstance(c, (str, int, float)) for c in choices):
+        raise ValueError(f"{where}: 'choices' must be a list of strings, got {choices!r}")
+    if not 2 <= len(choices) <= len(LETTERS):
+        raise ValueError(f"{where}: {len(choices)} choices; an item needs 2 to {len(LETTERS)} (letters A-Z)")
+    if not isinstance(raw["answer"], (str, int, float)) or isinstance(raw["answer"], bool):
+        raise ValueError(
+            f"{where}: 'answer' must be the text (or letter) of one choice, got {raw['answer']!r}"
+        )
+    return [str(c) for c in choices], str(raw["answer"])
+
+
 def load_mcq_json(path: str | Path) -> list[McqItem]:
     """Read an MMAU- or MMAR-format JSON file (a list of items); audio paths resolve relative to the file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 (byte {err.start}); re-save it as UTF-8") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of questions (MMAU / MMAR format)")
+    if not data:
+        raise ValueError(f"{path}: the list of questions is empty")
     items = []
     for n, raw in enumerate(data):
         where = f"{path}: item {n}"
-        for key in ("question", "choices", "answer"):
-            if key not in raw:
-                raise ValueError(
-                    f"{where}: missing key {key!r} (MMAU/MMAR items need question, choices, answer)"
-                )
-        choices = [str(c) for c in raw["choices"]]
-        answer = str(raw["answer"])
+        choices, answer = _checked_item(raw, where)
         if answer in choices:
             answer_index = choices.index(answer)
         elif len(answer) == 1 and answer.upper() in LETTERS[: len(choices)]:

@@ -37,6 +37,16 @@ def resolve_model_dir(path: str | Path) -> Path:
     return directory
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file of a model directory; a damaged one is a ``ValueError`` naming the file and the fix."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"{path} is corrupt ({err}); the model directory is damaged: copy it again or save it again"
+        ) from None
+
+
 def read_manifest(directory: Path) -> dict[str, Any]:
     """``checkpoint.json`` of a complete model directory (all three files present, a known format version)."""
     for name in (CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE):
@@ -44,10 +54,11 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             raise FileNotFoundError(
                 f"{directory}: no {name}; is this a directory written by save_pretrained?"
             )
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
+    manifest = read_json(directory / MANIFEST_FILE)
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(
-            f"{directory / MANIFEST_FILE}: format_version {manifest.get('format_version')} unsupported"
+            f"{directory / MANIFEST_FILE}: format_version "
+            f"{manifest.get('format_version') if isinstance(manifest, dict) else None} unsupported"
         )
     return manifest
 

@@ -369,7 +369,20 @@ class AudioLanguageModel(nn.Module):
         config, manifest = _read_checkpoint(directory)
         processor = AudioLanguageProcessor.from_pretrained(directory, audio_token_lengths=_unbound_lengths)
         model = cls(config, processor=processor)
-        tensors = load_file(str(directory / WEIGHTS_FILE))
+        try:
+            tensors = load_file(str(directory / WEIGHTS_FILE))
+        except Exception as err:  # safetensors raises its own error types for a truncated or garbled file
+            raise ValueError(
+                f"{directory / WEIGHTS_FILE} is damaged ({type(err).__name__}: {err}); copy or save the model again"
+            ) from None
+        bad = [
+            name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
+        if bad:
+            raise ValueError(
+                f"{directory / WEIGHTS_FILE} holds NaN/inf weights ({bad[0]}"
+                f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); the training diverged: retrain it"
+            )
         expected = set(model._saved_state())
         if set(tensors) != expected:
             unexpected, missing = sorted(set(tensors) - expected), sorted(expected - set(tensors))

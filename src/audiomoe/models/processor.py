@@ -25,7 +25,7 @@ import torch
 from transformers import AutoFeatureExtractor, AutoTokenizer, PreTrainedTokenizerBase
 
 from audiomoe.config import ConfigError, from_dict, to_dict
-from audiomoe.models.directory import audio_token_lengths_from_dir
+from audiomoe.models.directory import audio_token_lengths_from_dir, read_json
 
 PROCESSOR_CONFIG = "processor_config.json"
 IGNORE_INDEX = -100
@@ -197,11 +197,12 @@ class AudioLanguageProcessor:
             raise FileNotFoundError(
                 f"{directory}: no {PROCESSOR_CONFIG}; is this an audiomoe model directory?"
             )
-        config = from_dict(
-            ProcessorConfig, json.loads((directory / PROCESSOR_CONFIG).read_text()), "processor"
-        )
+        config = from_dict(ProcessorConfig, read_json(directory / PROCESSOR_CONFIG), "processor")
         if audio_token_lengths is None:
             audio_token_lengths = audio_token_lengths_from_dir(directory)
+        for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+            if (directory / name).is_file():
+                read_json(directory / name)  # transformers' own message names neither file nor line
         tokenizer = AutoTokenizer.from_pretrained(str(directory), **load_kwargs)
         feature_extractor = AutoFeatureExtractor.from_pretrained(str(directory), **load_kwargs)
         return cls(tokenizer, feature_extractor, audio_token_lengths, config)

@@ -43,7 +43,9 @@ class DataSection:
     eval_batch_size: int = 16
     # Periodic dev eval (generation) uses at most this many items; the full evaluation is `audiomoe eval`.
     max_dev_items: int = 256
-    on_bad_line: Literal["fail", "skip"] = "fail"
+    on_bad_line: Literal["fail", "skip"] = "fail"  # also for clips that do not decode (found before step 1)
+    preflight: bool = True  # decode every train/dev clip before step 1 (cached by content hash)
+    max_text_chars: int = 10_000  # longest instruction / answer accepted
     # Directory of the frozen-encoder feature cache; "" = run the encoder on every batch.
     feature_cache: str = ""
     feature_cache_dtype: Literal["float16", "float32"] = "float16"
@@ -106,9 +108,14 @@ class TrainConfig:
     # User modules imported when the config is loaded (dotted names or .py paths, relative to this file's folder
     # when not found from the working directory): their registered adapters / encoders / tasks / metrics.
     plugins: list[str] = field(default_factory=list)
+    # A step whose loss or gradient norm is NaN/inf: "skip" drops the update (counted in metrics.jsonl) and stops
+    # the run after nan_patience such steps in a row; "stop" stops at the first; "raise" raises (a traceback).
+    # Stopping leaves the last good checkpoint as it was.
+    nan_policy: Literal["skip", "stop", "raise"] = "skip"
+    nan_patience: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("steps", "grad_accum", "log_every", "keep_last"):
+        for name in ("steps", "grad_accum", "log_every", "keep_last", "nan_patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_every", "checkpoint_every", "grad_conflict_every"):

@@ -5,11 +5,17 @@
 Steps: seed -> build the model (preset or saved directory) -> read manifests -> fill the feature cache when the
 encoder is frozen and ``data.feature_cache`` is set -> duration-bucketed, rank-sharded batches -> :class:`Trainer`
 -> ``RUN/model`` (``save_pretrained``: what ``audiomoe eval`` / ``infer`` load) and ``RUN/summary.json``.
+
+Before step 1 every train and dev clip is decoded once (:mod:`audiomoe.data.preflight`): a broken clip stops the
+run naming its manifest line (``data.on_bad_line=fail``) or is dropped and counted (``skip``). ``--resume`` checks
+the config against the checkpoint's fingerprint (:mod:`audiomoe.training.fingerprint`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +24,8 @@ from typing import Any
 import torch
 
 from audiomoe.config import deep_merge, from_dict, load_config, to_dict
-from audiomoe.data.manifest import AudioRecord, read_manifest
+from audiomoe.data.manifest import AudioRecord, ManifestLoad, load_manifest
+from audiomoe.data.preflight import preflight
 from audiomoe.data.sampler import BucketBatchSampler
 from audiomoe.evaluation.runner import GenerationSettings, generate_answers, score_predictions
 from audiomoe.models.batching import RecordBatcher, count_frames
@@ -29,6 +36,7 @@ from audiomoe.models.presets import build_preset
 from audiomoe.training import checkpoint as ckpt
 from audiomoe.training.config import ModelSection, TrainConfig
 from audiomoe.training.distributed import DistEnv, barrier, default_device, init_distributed, shutdown
+from audiomoe.training.fingerprint import check_resume, config_fingerprint
 from audiomoe.training.stream import BatchStream
 from audiomoe.training.trainer import Trainer, seed_everything
 
@@ -56,11 +64,55 @@ def build_model(section: ModelSection) -> AudioLanguageModel:
     return AudioLanguageModel(resolve_lalm_config(section))
 
 
-def read_records(paths: list[str], on_bad_line: str) -> list[AudioRecord]:
-    records: list[AudioRecord] = []
-    for path in paths:
-        records += read_manifest(path, on_error=on_bad_line)  # type: ignore[arg-type]
-    return records
+def read_manifests(config: TrainConfig, paths: list[str]) -> list[ManifestLoad]:
+    """Each manifest parsed (bad lines fail or are skipped and summarised, as ``data.on_bad_line`` says)."""
+    loads = [
+        load_manifest(p, config.data.on_bad_line, max_text_chars=config.data.max_text_chars) for p in paths
+    ]
+    for load in loads:
+        if load.problems:
+            print(load.summary(), file=sys.stderr)
+    return loads
+
+
+def read_data(config: TrainConfig) -> tuple[list[AudioRecord], list[AudioRecord], dict[str, int]]:
+    """Train and dev records whose clips decode, and how many lines / clips were skipped per split."""
+    train_loads, dev_loads = (
+        read_manifests(config, config.data.train),
+        read_manifests(config, config.data.dev),
+    )
+    skipped = {
+        "train_lines": sum(len(load.problems) for load in train_loads),
+        "dev_lines": sum(len(load.problems) for load in dev_loads),
+    }
+    loads = train_loads + dev_loads
+    kept = [load.records for load in loads]
+    if config.data.preflight:
+        report = preflight(loads, config.data.on_bad_line)
+        kept = report.records
+        bad = {p.path for p in report.problems}
+        skipped["train_clips"] = sum(1 for p in report.problems if p.path in {ld.path for ld in train_loads})
+        skipped["dev_clips"] = len(report.problems) - skipped["train_clips"]
+        print(f"preflight: {report.decoded} clips decoded, {report.cached} known good, {len(report.problems)} "
+              f"skipped{' in ' + ', '.join(sorted(bad)) if bad else ''}", file=sys.stderr)  # fmt: skip
+    train_records = [r for records in kept[: len(train_loads)] for r in records]
+    dev_records = [r for records in kept[len(train_loads) :] for r in records]
+    if not train_records:
+        raise ValueError(
+            f"no usable training item in {', '.join(config.data.train)} (all lines were skipped)"
+        )
+    return train_records, dev_records, skipped
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with NaN / inf floats as ``None``, so ``json.dumps(allow_nan=False)`` writes valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def open_cache(
@@ -94,24 +146,43 @@ def export_model(config: TrainConfig, model: AudioLanguageModel, env: DistEnv) -
     return full
 
 
+def precheck_resume(config: TrainConfig, allow_changes: list[str], world_size: int) -> None:
+    """Refuse a changed config before building anything: a changed adapter would otherwise fail while the model
+    is built, with a message about the adapter rather than the diff. (The trainer checks again, on the
+    checkpoint it actually resumes, with the data counted.)"""
+    latest = ckpt.latest_checkpoint(config.run_dir / "checkpoints")
+    if latest is None:
+        return
+    try:
+        saved = dict(ckpt.read_manifest(latest).get("fingerprint", {}))
+    except ckpt.CheckpointError:
+        return  # a damaged newest checkpoint: the trainer verifies and falls back
+    saved.pop("data.train_items", None)
+    check_resume(saved, config_fingerprint(config, world_size), allow_changes, str(latest))
+
+
 @dataclass
 class RunResult:
     run_dir: Path
     model_dir: Path
     summary: dict[str, Any]
+    already_done: bool = False  # a --resume of a finished run: nothing trained, nothing written
 
 
-def train(config: TrainConfig, resume: bool = False) -> RunResult:
-    """Train as configured; returns where the model was saved and the run summary."""
+def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | None = None) -> RunResult:
+    """Train as configured; returns where the model was saved and the run summary. ``allow_changes``: config
+    keys (or sections) a ``resume`` may find changed (see :func:`audiomoe.training.fingerprint.check_resume`)."""
     if not config.data.train:
         raise ValueError("data.train is empty: give one or more training manifests (data.train=[a.jsonl])")
     env = DistEnv.from_env()
     device = default_device(env)
     init_distributed(env, device)  # before the feature cache: rank 0 fills it while the others wait
+    if resume:
+        precheck_resume(config, list(allow_changes or []), env.world_size)
     seed_everything(config.seed)
     model = build_model(config.model)
-    train_records = read_records(config.data.train, config.data.on_bad_line)
-    dev_records = read_records(config.data.dev, config.data.on_bad_line)[: config.data.max_dev_items]
+    train_records, dev_records, skipped = read_data(config)
+    dev_records = dev_records[: config.data.max_dev_items]
     cache = open_cache(config, model, train_records + dev_records, env)
     batcher = RecordBatcher(train_records, model.processor, cache)
     durations = [r.duration or 0.0 for r in train_records]
@@ -154,12 +225,29 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         env=env,
         device=device,
         tracker=tracker,
+        fingerprint=config_fingerprint(config, env.world_size, len(train_records)),
     )
-    result = trainer.fit(resume=resume)
+    result = trainer.fit(resume=resume, allow_changes=allow_changes)
     model_dir = config.run_dir / MODEL_DIR
     summary: dict[str, Any] = {}
+    if result.already_done:  # a finished run: nothing is written again
+        summary_path = config.run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() and env.is_main else {}
+        del trainer
+        shutdown(env)
+        return RunResult(config.run_dir, model_dir, summary, already_done=True)
     if env.is_main:
-        export_model(config, model, env).save_pretrained(model_dir)
+        exported = export_model(config, model, env)
+        bad = ckpt.non_finite({k: v for k, v in exported.state_dict().items()})
+        if bad:
+            raise ckpt.CheckpointError(
+                f"refusing to save a model with non-finite weights to {model_dir} ({bad})"
+            )
+        try:
+            with ckpt.write_errors_as_os_errors(model_dir):
+                exported.save_pretrained(model_dir)
+        except OSError as err:
+            raise ckpt.storage_error(err, model_dir, "the model") from None
         summary = {
             "steps": result.step,
             "final_loss": result.last_loss,
@@ -171,8 +259,20 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
             "feature_cache": str(cache.dir) if cache is not None else None,
             "train_items": len(train_records),
             "padding_fraction": round(sampler.padding_fraction(0), 4),
+            "skipped": skipped,
+            "non_finite_steps": result.non_finite_steps,
         }
-        (config.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        if result.eval_error:
+            summary["dev_error"] = result.eval_error
+        summary = finite_json(summary)
+        try:
+            (config.run_dir / "summary.json").write_text(
+                json.dumps(summary, indent=1, allow_nan=False) + "\n"
+            )
+        except OSError as err:
+            raise ckpt.storage_error(err, config.run_dir / "summary.json", "the summary") from None
     del trainer
     shutdown(env)
+    if result.eval_error:
+        raise ValueError(f"{result.eval_error}; the checkpoint and the model in {model_dir} were saved first")
     return RunResult(config.run_dir, model_dir, summary)

@@ -19,6 +19,8 @@ import dataclasses
 import json
 import math
 import random
+import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ from audiomoe.training.distributed import (
     unwrap,
     wrap_model,
 )
+from audiomoe.training.fingerprint import check_resume, config_fingerprint
 from audiomoe.training.stream import BatchStream
 
 Evaluate = Callable[[nn.Module], Mapping[str, float]]
@@ -100,6 +103,13 @@ class TrainResult:
     last_loss: float
     train_seconds: float
     run_dir: Path
+    already_done: bool = False  # --resume of a finished run: nothing was trained or written
+    non_finite_steps: int = 0  # updates skipped for a NaN/inf loss or gradient norm (nan_policy=skip)
+    eval_error: str = ""  # a dev evaluation that failed (the checkpoint was saved before it)
+
+
+class NonFiniteTraining(ValueError):
+    """The loss or gradient norm stayed NaN/inf (``nan_policy``); the message names the step and the fix."""
 
 
 class Trainer:
@@ -115,6 +125,7 @@ class Trainer:
         env: DistEnv | None = None,
         device: torch.device | None = None,
         tracker: GradientConflictTracker | None = None,
+        fingerprint: dict[str, Any] | None = None,
     ) -> None:
         self.env = env or DistEnv.from_env()
         self.device = device or default_device(self.env)
@@ -154,7 +165,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step = 0
         self.train_seconds = 0.0
+        self.non_finite_steps = 0
+        self.eval_error = ""
         self._tb: Any = None
+        # what a --resume must find unchanged (run.py adds the data; a bare Trainer fingerprints the config)
+        self.fingerprint = fingerprint or config_fingerprint(config, world_size=self.env.world_size)
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def _state_options(self) -> StateDictOptions:
@@ -163,10 +178,22 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Atomically write the checkpoint of the current step (collective: every rank calls it)."""
         model_state, optim_state = get_state_dict(self.model, self.optimizer, options=self._state_options())
-        if self.env.is_main:
-            tmp = ckpt.begin_checkpoint(self.checkpoint_root, self.step)
-        barrier(self.env)
         tmp = ckpt.temp_dir_for(self.checkpoint_root, self.step)
+        try:
+            return self._write_checkpoint(tmp, model_state, optim_state)
+        except (OSError, ckpt.CheckpointError) as err:
+            # disk full / read-only / permissions / non-finite weights: no temp directory left to fill the disk,
+            # older checkpoints intact
+            if self.env.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, ckpt.CheckpointError):
+                raise
+            raise ckpt.storage_error(err, tmp, f"the step-{self.step} checkpoint") from None
+
+    def _write_checkpoint(self, tmp: Path, model_state: dict, optim_state: dict) -> Path | None:
+        if self.env.is_main:
+            ckpt.begin_checkpoint(self.checkpoint_root, self.step)
+        barrier(self.env)
         ckpt.save_object(ckpt.rng_state(), tmp / f"rng_rank{self.env.rank}.pt")
         final = None
         if self.env.is_main:
@@ -179,12 +206,15 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "stream": self.stream.state_dict(),
+                "non_finite_steps": self.non_finite_steps,
             }
             # trainer.pt is written last: list_checkpoints only counts directories that hold it.
             ckpt.save_object(trainer_state, tmp / ckpt.TRAINER_FILE)
         barrier(self.env)
         if self.env.is_main:
-            final = ckpt.commit_checkpoint(self.checkpoint_root, self.step, self.config.keep_last)
+            final = ckpt.commit_checkpoint(
+                self.checkpoint_root, self.step, self.config.keep_last, self.fingerprint
+            )
         barrier(self.env)
         return final
 
@@ -209,22 +239,91 @@ class Trainer:
         self.stream.load_state_dict(state["stream"])
         self.step = int(state["step"])
         self.train_seconds = float(state["train_seconds"])
+        self.non_finite_steps = int(state.get("non_finite_steps", 0))
         ckpt.set_rng_state(ckpt.load_object(path / f"rng_rank{self.env.rank}.pt"))
+
+    def apply_optim_config(self) -> None:
+        """Put the current ``optim`` / ``schedule`` settings into the restored optimizer and scheduler (a
+        checkpoint restores the old LR, betas, eps and weight decay; ``--allow-config-change`` means the new ones)."""
+        optim = self.config.optim
+        groups = self.optimizer.param_groups
+        for group, decay in zip(groups, (optim.weight_decay, 0.0)):
+            group.update(initial_lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=decay)
+        self.scheduler.base_lrs = [optim.lr] * len(groups)
+        for group, base, factor in zip(groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in groups]
+
+    def _resume(self, allow_changes: list[str]) -> dict[str, tuple[Any, Any]]:
+        """Load the newest checkpoint that verifies (saying which newer ones were skipped and why) after checking
+        the config against the one it was written with. Returns the accepted changes."""
+        path, manifest, skipped = ckpt.resumable_checkpoint(self.checkpoint_root)
+        for line in skipped:
+            if self.env.is_main:
+                print(f"--resume: {line}", file=sys.stderr)
+        barrier(self.env)
+        if path is None:
+            if skipped:
+                raise ckpt.CheckpointError(
+                    f"--resume: no checkpoint in {self.checkpoint_root} verifies ({len(skipped)} damaged); "
+                    "start a new run in another out_dir"
+                )
+            if self.env.is_main:
+                print(f"--resume: no checkpoint in {self.checkpoint_root}; starting from step 0")
+            return {}
+        changes = check_resume(manifest.get("fingerprint", {}), self.fingerprint, allow_changes, str(path))
+        if self.env.is_main:
+            for _, bad in ckpt.list_checkpoints(self.checkpoint_root):
+                if bad.name > path.name:  # kept for inspection, out of the way of later saves and pruning
+                    bad.rename(bad.with_name(f".damaged-{bad.name}"))
+        barrier(self.env)
+        self.load_checkpoint(path)  # restores the RNG states too
+        if changes:
+            self.apply_optim_config()
+        if self.env.is_main:
+            fallback = f" (the newest that verifies; {len(skipped)} newer skipped)" if skipped else ""
+            print(f"resumed from {path} (step {self.step}){fallback}")
+        return changes
 
     # --------------------------------------------------------------------------------------------- logging
     def _open_logs(self, resumed_step: int) -> None:
         if not self.env.is_main:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(self.config, self.run_dir / "config.yaml")
-        # A killed run may have logged steps after its last checkpoint: drop them so the file stays one curve.
-        if self.metrics_path.exists():
-            keep = [
-                line
-                for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resumed_step
-            ]
-            self.metrics_path.write_text("".join(line + "\n" for line in keep))
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_yaml(self.config, self.run_dir / "config.yaml")
+            if self.metrics_path.exists():
+                self._trim_metrics(resumed_step)
+        except OSError as err:
+            raise ckpt.storage_error(err, self.run_dir, "the run's logs") from None
+        self._open_tensorboard(resumed_step)
+
+    def _trim_metrics(self, resumed_step: int) -> None:
+        """A killed run may have logged steps after its last checkpoint: drop them so the file stays one curve.
+        A torn last line (a crash or a full disk mid-write) is dropped with a warning; a bad line elsewhere is
+        an error naming it."""
+        lines = self.metrics_path.read_text(errors="replace").splitlines()
+        keep = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                if number == len(lines):
+                    print(
+                        f"warning: {self.metrics_path}:{number}: torn last line dropped ({err.msg})",
+                        file=sys.stderr,
+                    )
+                    continue
+                raise ValueError(
+                    f"{self.metrics_path}:{number}: not valid JSON ({err.msg}); fix or delete that line"
+                ) from None
+            if isinstance(record, dict) and record.get("step", 0) <= resumed_step:
+                keep.append(line)
+        self.metrics_path.write_text("".join(line + "\n" for line in keep))
+
+    def _open_tensorboard(self, resumed_step: int) -> None:
         if self.config.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -236,8 +335,14 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         if not self.env.is_main:
             return
-        with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        record = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
+        }
+        try:
+            with open(self.metrics_path, "a") as handle:
+                handle.write(json.dumps(record, allow_nan=False) + "\n")
+        except OSError as err:
+            raise ckpt.storage_error(err, self.metrics_path, "metrics") from None
         if self._tb is not None:
             prefix = record.get("split", "train")
             for key, value in record.items():
@@ -251,32 +356,58 @@ class Trainer:
             model = unwrap(self.model)
             was_training = model.training
             model.eval()
-            with torch.no_grad(), runtime.autocast(self.precision, self.device):
-                results = dict(self.evaluate(model))
+            try:
+                with torch.no_grad(), runtime.autocast(self.precision, self.device):
+                    results = dict(self.evaluate(model))
+            except (
+                ValueError,
+                OSError,
+            ) as err:  # bad dev data must not cost the run: reported, training goes on
+                self.eval_error = self.eval_error or f"dev evaluation at step {self.step} failed: {err}"
+                print(f"warning: {self.eval_error}", file=sys.stderr)
+                results = {}
             model.train(was_training)
-            self.log({"step": self.step, "split": "dev", **results})
+            self.log(
+                {"step": self.step, "split": "dev", **results}
+                if results
+                else {"step": self.step, "split": "dev", "error": self.eval_error}
+            )
         barrier(self.env)
         return results
 
     # ------------------------------------------------------------------------------------------------ loop
-    def fit(self, resume: bool = False) -> TrainResult:
+    def fit(self, resume: bool = False, allow_changes: list[str] | None = None) -> TrainResult:
+        """Train to ``config.steps``. ``resume`` continues from the newest checkpoint that verifies, refusing a
+        changed config unless each changed key (or its section) is in ``allow_changes``."""
         cfg = self.config
+        if self.env.is_main:
+            ckpt.clean_stale(self.checkpoint_root)  # temp / empty step directories of an interrupted save
+        barrier(self.env)
         latest = ckpt.latest_checkpoint(self.checkpoint_root)
         if latest is not None and not resume:
             raise FileExistsError(
                 f"{self.run_dir} already holds checkpoints (latest {latest.name}); "
                 "pass --resume to continue it or choose another out_dir"
             )
-        if resume and latest is not None:
-            self.load_checkpoint(latest)  # restores the RNG states too
-            if self.env.is_main:
-                print(f"resumed from {latest} (step {self.step})")
-        else:
-            if resume and self.env.is_main:
-                print(f"--resume: no checkpoint in {self.checkpoint_root}; starting from step 0")
+        changes = self._resume(list(allow_changes or [])) if resume else {}
+        if not self.step:
             # Different dropout streams per rank; the model itself was built before this (same on every rank).
             seed_everything(cfg.seed + self.env.rank)
+        if self.step >= cfg.steps:
+            if self.env.is_main:
+                print(
+                    f"--resume: {self.run_dir} already finished ({self.step} of {cfg.steps} steps); nothing to do"
+                )
+            return TrainResult(self.step, float("nan"), self.train_seconds, self.run_dir, already_done=True)
         self._open_logs(self.step)
+        if changes:
+            self.log(
+                {
+                    "step": self.step,
+                    "split": "config_change",
+                    "changed": {k: list(v) for k, v in changes.items()},
+                }
+            )
 
         self.model.train()
         autocast = runtime.autocast(self.precision, self.device)
@@ -288,6 +419,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         loss_value = float("nan")
+        consecutive_bad = 0
         while self.step < cfg.steps:
             started = time.perf_counter()
             sums = torch.zeros(3, dtype=torch.float64)  # loss, aux_loss, lm_loss summed over micro-batches
@@ -310,11 +442,14 @@ class Trainer:
                 parts = [out.loss, out.aux_loss, out.loss if lm_loss is None else lm_loss]
                 sums += torch.stack([p.detach().double().cpu() for p in parts])
             self.scaler.unscale_(self.optimizer)
-            grad_norm = (
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_norm)
-                if cfg.optim.clip_norm > 0
-                else torch.zeros(())
-            )
+            # clip_norm 0: the norm is still measured (max_norm=inf never scales), for the non-finite check
+            max_norm = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+            if not self._finite_step(sums[0].item(), float(grad_norm)):
+                consecutive_bad += 1
+                self._skip_non_finite(sums[0].item() / cfg.grad_accum, float(grad_norm), consecutive_bad)
+                continue
+            consecutive_bad = 0
             lr = self.optimizer.param_groups[0]["lr"]
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -352,8 +487,48 @@ class Trainer:
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save_checkpoint()
         bar.close()
+        self.save_checkpoint()  # before the final evaluation: nothing an evaluation does can cost the run
         self.run_eval()
-        self.save_checkpoint()
         if self._tb is not None:
             self._tb.close()
-        return TrainResult(self.step, loss_value, self.train_seconds, self.run_dir)
+        return TrainResult(
+            self.step,
+            loss_value,
+            self.train_seconds,
+            self.run_dir,
+            non_finite_steps=self.non_finite_steps,
+            eval_error=self.eval_error,
+        )
+
+    # ------------------------------------------------------------------------------------ non-finite steps
+    def _finite_step(self, loss_sum: float, grad_norm: float) -> bool:
+        """Whether every rank saw a finite loss and gradient norm (under fp16 the grad scaler handles inf
+        gradients itself, so only the loss counts there)."""
+        finite = math.isfinite(loss_sum) and (self.scaler.is_enabled() or math.isfinite(grad_norm))
+        if self.env.enabled:
+            finite = sum_across_ranks(float(not finite), self.env) == 0
+        return finite
+
+    def _skip_non_finite(self, loss: float, grad_norm: float, consecutive: int) -> None:
+        """Drop this update (``nan_policy=skip``) or stop the run (``stop``, or ``nan_patience`` in a row)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()  # fp16: closes this iteration's unscale_ (lowering the scale); a no-op otherwise
+        policy = self.config.nan_policy
+        where = f"step {self.step + 1}: loss {loss}, gradient norm {grad_norm}"
+        if policy == "raise":
+            raise FloatingPointError(f"non-finite training values at {where} (nan_policy=raise)")
+        self.non_finite_steps += 1
+        self.log({"step": self.step, "split": "non_finite", "loss": loss, "grad_norm": grad_norm,
+                  "non_finite_steps": self.non_finite_steps})  # fmt: skip
+        if policy == "stop" or consecutive >= self.config.nan_patience:
+            latest = ckpt.latest_checkpoint(self.checkpoint_root)
+            then = (
+                f"the last good checkpoint {latest} is intact: resume it with a lower optim.lr and "
+                "--resume --allow-config-change optim.lr"
+                if latest
+                else "no checkpoint was written: start again with a lower optim.lr (or more schedule.warmup_steps)"
+            )
+            raise NonFiniteTraining(
+                f"training stopped: non-finite values {consecutive} step(s) in a row at {where} "
+                f"(nan_policy={policy}, nan_patience={self.config.nan_patience}); {then}"
+            )

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from audiomoe.analysis.report import AnalysisConfig, analyze_checkpoints
+from audiomoe.cli.options import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,10 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder for the PNGs and analysis.json")
     defaults = AnalysisConfig()
     p.add_argument(
-        "--probe-batches", type=int, default=defaults.probe_batches, help="probe batches per group"
+        "--probe-batches", type=positive_int, default=defaults.probe_batches, help="probe batches per group"
     )
     p.add_argument(
-        "--probe-batch-size", type=int, default=defaults.probe_batch_size, help="records per probe batch"
+        "--probe-batch-size",
+        type=positive_int,
+        default=defaults.probe_batch_size,
+        help="records per probe batch",
     )
     p.add_argument(
         "--influence-lr",
@@ -49,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="records run forward for the routing statistics",
     )
     p.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="batch size of the routing pass"
+        "--batch-size", type=positive_int, default=defaults.batch_size, help="batch size of the routing pass"
     )
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the probe / routing subsets")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")

@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+from audiomoe.cli.options import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="speed benchmarks (ratios against a baseline measured in the same run)")
@@ -52,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--llm", choices=["demo", "preset"], default="demo",
         help="demo: the LLM size `audiomoe demo` trains (default); preset: the preset's own LLM",
     )  # fmt: skip
-    f.add_argument("--batch-size", type=int, default=16)
+    f.add_argument("--batch-size", type=positive_int, default=16)
     f.add_argument("--steps", type=int, default=12, help="measured steps per arm (after 2 warm-up steps)")
     f.add_argument("--json", type=Path, help="write the numbers here")
     f.set_defaults(func=run_feature_cache)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from audiomoe.cli.options import positive_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("corpus", help="build the built-in labelled audio corpus")
     sub = parser.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
     build = sub.add_parser("build", help="synthesise N clips with train/dev/test manifests and a summary")
     build.add_argument("--out", required=True, help="output folder (empty, or a previous corpus to replace)")
-    build.add_argument("--n", type=int, default=2000, help="number of clips (default 2000)")
+    build.add_argument("--n", type=positive_int, default=2000, help="number of clips (default 2000)")
     build.add_argument(
         "--seed", type=int, default=0, help="seed; the same seed gives byte-identical manifests"
     )

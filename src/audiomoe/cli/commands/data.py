@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from audiomoe.cli.options import non_negative_float
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="validate manifests, import labelled folders")
@@ -15,7 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     val.add_argument("manifests", nargs="+", metavar="MANIFEST")
     val.add_argument("--no-audio", action="store_true", help="skip decoding (only JSON, schema, file exists)")
-    val.add_argument("--max-duration", type=float, default=30.0, help="longest allowed clip in seconds (30)")
+    val.add_argument(
+        "--max-duration",
+        type=non_negative_float,
+        default=None,
+        help="reject clips longer than this many seconds (default: none; longer than the encoder window is "
+        "encoded in windows, as training and eval do)",
+    )
     val.set_defaults(func=run_validate)
 
     imp = sub.add_parser("import-folder", help="make a manifest from a folder of labelled audio files")
@@ -33,14 +41,19 @@ def run_validate(args: argparse.Namespace) -> int:
 
     bad = 0
     for path in args.manifests:
-        problems = validate_manifest(path, check_audio=not args.no_audio, max_duration=args.max_duration)
+        notes: list[str] = []
+        problems = validate_manifest(
+            path, check_audio=not args.no_audio, max_duration=args.max_duration, notes=notes
+        )
         for problem in problems:
             print(problem)
+        for note in notes:
+            print(note, file=sys.stderr)
         lines = {p.line for p in problems}
         bad += len(lines)
         status = "ok" if not problems else f"{len(lines)} bad line(s)"
         print(f"{path}: {status}", file=sys.stderr)
-    return 1 if bad else 0
+    return 2 if bad else 0  # bad input (the error contract: 1 is only for bugs)
 
 
 def run_import(args: argparse.Namespace) -> int:

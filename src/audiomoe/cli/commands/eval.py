@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from audiomoe import runtime
+from audiomoe.cli.options import non_negative_int, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,9 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", help="write the full report (with predictions) here")
     parser.add_argument("--markdown", help="write the tables here (they are printed either way)")
     parser.add_argument("--modality-gap", action="store_true", help="also ask with the transcript as text")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N items (0 = all)")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=48)
+    parser.add_argument(
+        "--limit", type=non_negative_int, default=0, help="evaluate only the first N items (0 = all)"
+    )
     parser.add_argument("--on-bad-line", choices=["fail", "skip"], default="fail")
     parser.add_argument("--feature-cache", default="", help="reuse/fill a frozen-encoder feature cache here")
     runtime.add_runtime_arguments(parser)

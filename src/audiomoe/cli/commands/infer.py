@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from audiomoe import runtime
+from audiomoe.cli.options import non_negative_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,14 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--manifest", type=Path, default=None, help="a manifest; its instructions are the prompts"
     )
     parser.add_argument("--prompt", default="What do you hear?", help="user prompt (an <audio> tag is added)")
-    parser.add_argument("--batch-size", type=int, default=8, help="clips per generate call")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="clips per generate call")
     parser.add_argument("--device", default="auto", help="auto (first GPU, else CPU), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.7)
+    parser.add_argument("--top-p", type=non_negative_float, default=0.9)
+    parser.add_argument("--top-k", type=positive_int, default=50)
+    parser.add_argument("--num-beams", type=positive_int, default=1, help="beam search with this many beams")
     parser.add_argument("--seed", type=int, default=0, help="random seed for --sample")
     parser.add_argument(
         "--model-root", type=Path, default=None, help="root for a compact export's references"

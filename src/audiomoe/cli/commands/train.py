@@ -2,6 +2,7 @@
 
 audiomoe train --config demo steps=200 optim.lr=1e-3
 audiomoe train --config demo --resume          # continue exactly where it stopped
+audiomoe train --config run/config.yaml optim.lr=1e-4 --resume --allow-config-change optim.lr
 audiomoe train --config my-run.yaml            # a file (audiomoe config copy demo my-run.yaml)
 torchrun --nproc_per_node=8 -m audiomoe.cli.main train --config paper-moe-qwen3-1.7b
 
@@ -28,7 +29,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_override_arguments(parser, "training config")  # optim.lr=1e-3, or --set optim.lr=1e-3
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the run directory's latest checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue from the run directory's newest checkpoint that verifies; refuses a changed config",
+    )
+    parser.add_argument(
+        "--allow-config-change",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="with --resume: accept these changed keys or sections (e.g. optim.lr schedule), applied for real "
+        "and recorded in metrics.jsonl",
     )
     # precision comes from the config (precision=auto|fp32|bf16|fp16), as every training setting does
     runtime.add_runtime_arguments(parser, precision=False)
@@ -41,7 +52,15 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_train_config(args.config, overrides_of(args))
     runtime.configure_threads(args.threads)  # per torchrun rank: the idle cores are shared among local ranks
-    result = train(config, resume=args.resume)
+    if args.allow_config_change and not args.resume:
+        raise ValueError("--allow-config-change only applies with --resume")
+    if any("=" in key for key in args.allow_config_change):
+        raise ValueError(
+            "--allow-config-change takes key names (optim.lr), not overrides: put KEY=VALUE before --resume"
+        )
+    result = train(config, resume=args.resume, allow_changes=args.allow_config_change)
+    if result.already_done:
+        return 0
     if result.summary:
         print(f"trained {result.summary['steps']} steps in {result.summary['train_seconds']:.1f} s; "
               f"model saved to {result.model_dir}")  # fmt: skip

@@ -1,0 +1,101 @@
+"""What must not change across a ``--resume``, and the one-line diff when it did.
+
+A fingerprint is a flat ``{dotted key: value}`` dict: the model section, optimizer and schedule, seed, steps,
+batch size, gradient accumulation, world size, and each training manifest's size and sha256 (plus the number of
+training items kept). Logging, checkpointing, evaluation, precision and output settings are left out: they change
+nothing a checkpoint holds.
+
+    diff = fingerprint_diff(saved, current)       # {"optim.lr": (0.0003, 0.01)}
+    check_resume(saved, current, allow=["optim.lr"])  # raises ResumeMismatch unless every change is allowed
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from audiomoe.config import ConfigError, to_dict
+from audiomoe.training.checkpoint import sha256_of
+from audiomoe.training.config import TrainConfig
+
+# Sections and keys of TrainConfig that a checkpoint depends on.
+FINGERPRINT_KEYS = ("model", "optim", "schedule", "seed", "steps", "grad_accum", "data.batch_size")
+# Changes no flag can make safe: the checkpoint's weights and optimizer state belong to this model.
+NEVER_CHANGEABLE = ("model", "world_size")
+
+
+class ResumeMismatch(ConfigError):
+    """``--resume`` with a configuration the checkpoint was not written with."""
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for key in sorted(value):
+            _flatten(value[key], f"{prefix}.{key}" if prefix else str(key), out)
+    else:
+        out[prefix] = list(value) if isinstance(value, tuple) else value
+
+
+def config_fingerprint(
+    config: TrainConfig, world_size: int = 1, train_items: int | None = None
+) -> dict[str, Any]:
+    """The flat fingerprint of ``config`` (manifests are hashed when they exist)."""
+    data = to_dict(config)
+    out: dict[str, Any] = {}
+    for key in FINGERPRINT_KEYS:
+        value: Any = data
+        for part in key.split("."):
+            value = value[part]
+        _flatten(value, key, out)
+    for index, manifest in enumerate(config.data.train):
+        path = Path(manifest)
+        out[f"data.train[{index}]"] = (
+            f"{path.name} ({path.stat().st_size} bytes, sha256 {sha256_of(path)[:16]})"
+            if path.is_file()
+            else str(path)
+        )
+    if train_items is not None:
+        out["data.train_items"] = train_items
+    out["world_size"] = world_size
+    return out
+
+
+def fingerprint_diff(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved value, current value)}`` for every key whose value differs (missing = ``None``)."""
+    return {
+        k: (saved.get(k), current.get(k))
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k) != current.get(k)
+    }
+
+
+def _covered(key: str, prefixes: list[str] | tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") or key.startswith(p + "[") for p in prefixes)
+
+
+def check_resume(
+    saved: dict[str, Any], current: dict[str, Any], allow: list[str], where: str
+) -> dict[str, tuple[Any, Any]]:
+    """The allowed changes between ``saved`` (the checkpoint at ``where``) and ``current``; raises
+    :class:`ResumeMismatch` with a one-line diff for any other change. ``allow`` holds keys or section prefixes."""
+    if not saved:  # a checkpoint from before fingerprints: nothing to compare
+        return {}
+    diff = fingerprint_diff(saved, current)
+    frozen = {k: v for k, v in diff.items() if _covered(k, NEVER_CHANGEABLE)}
+    if frozen:
+        raise ResumeMismatch(
+            f"--resume: {where} was written for another model ({_describe(frozen)}); its weights cannot be loaded "
+            "into this one: train it in another out_dir (to start from the old model: model.path=RUN/model)"
+        )
+    refused = {k: v for k, v in diff.items() if not _covered(k, allow)}
+    if refused:
+        keys = " ".join(sorted(refused))
+        raise ResumeMismatch(
+            f"--resume: the config differs from the one {where} was written with: {_describe(refused)}; "
+            f"restore it, or accept the change with --allow-config-change {keys}"
+        )
+    return diff
+
+
+def _describe(diff: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in diff.items())
