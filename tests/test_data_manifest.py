@@ -61,7 +61,7 @@ def test_validate_reports_each_bad_line_and_exits_nonzero(tmp_path: Path, capsys
         json.dumps(good),  # 1 ok
         "{not json",  # 2 bad JSON
         json.dumps({"foo": 1}),  # 3 unknown schema
-        json.dumps({**good, "key": "k4", "task": "nope"}),  # 4 unknown task
+        json.dumps({**good, "key": "k4", "start": -0.5}),  # 4 bad segment start (an unknown task is no error)
         json.dumps({**good, "key": "k5", "audio": "missing.wav"}),  # 5 missing file
         json.dumps({**good, "key": "k6", "audio": "garbage.wav"}),  # 6 undecodable
         json.dumps({**good, "key": "k7", "audio": "silent.wav"}),  # 7 silent
@@ -80,7 +80,7 @@ def test_validate_reports_each_bad_line_and_exits_nonzero(tmp_path: Path, capsys
     expected = {
         2: "not valid JSON",
         3: "unknown schema",
-        4: "unknown task",
+        4: "'start' must be",
         5: "not found",
         6: "cannot decode",
         7: "silent",

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from audiomoe.data.audio import AudioError, audio_info, load_audio
-from audiomoe.data.tasks import TASKS, find_task_by_instruction, get_task
+from audiomoe.data.sources import Item, Source, as_source, iter_items
+from audiomoe.data.tasks import declare_open_task, find_task_by_instruction
 
 AUDIO_TAG = "<audio>"
 DURATION_TOLERANCE = 0.05  # seconds; a stated duration further off than this (and 2%) is a problem
@@ -57,6 +58,8 @@ class AudioRecord:
         duration: seconds, or None if unknown.
         transcript: the clip's spoken content as text where it exists (used for the modality-gap evaluation:
             the same question asked with the transcript instead of the audio).
+        start: for a segment of a longer file (lhotse cuts, NeMo offsets), its start in seconds; the segment
+            lasts ``duration`` (to the end of the file when None). None = the whole file.
     """
 
     key: str
@@ -67,12 +70,14 @@ class AudioRecord:
     attributes: dict[str, str] = field(default_factory=dict)
     duration: float | None = None
     transcript: str | None = None
+    start: float | None = None
 
     def to_json(self) -> str:
         """One native-schema JSON line (keys in a fixed order so equal records give equal bytes)."""
         data = dataclasses.asdict(self)
-        if data["transcript"] is None:
-            del data["transcript"]
+        for optional in ("transcript", "start"):
+            if data[optional] is None:
+                del data[optional]
         data["attributes"] = dict(sorted(data["attributes"].items()))
         return json.dumps(data, ensure_ascii=False)
 
@@ -135,13 +140,24 @@ def _duration(obj: dict[str, Any]) -> float | None:
     return float(value)
 
 
+def _start(obj: dict[str, Any]) -> float | None:
+    value = obj.get("start")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ManifestError(f"'start' must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
 def _parse_native(obj: dict[str, Any], line: int) -> AudioRecord:
-    task = get_task(_need_str(obj, "task", "native")).name
+    task = declare_open_task(_need_str(obj, "task", "native"), obj.get("metric")).name
     answer = _need_str(obj, "answer", "native")
     transcript = _need_str(obj, "transcript", "native", optional=True)
     if transcript is None and task == "transcribe":
         transcript = answer
-    instruction = _need_str(obj, "instruction", "native", optional=True) or TASKS[task].instruction()
+    instruction = (
+        _need_str(obj, "instruction", "native", optional=True) or declare_open_task(task, None).instruction()
+    )
     return AudioRecord(
         key=_need_str(obj, "key", "native"),
         audio=_need_str(obj, "audio", "native"),
@@ -151,18 +167,19 @@ def _parse_native(obj: dict[str, Any], line: int) -> AudioRecord:
         attributes=_attributes(obj),
         duration=_duration(obj),
         transcript=transcript,
+        start=_start(obj),
     )
 
 
 def _parse_slam(obj: dict[str, Any], line: int) -> AudioRecord:
-    task = get_task(obj.get("task") or "transcribe").name
+    task = declare_open_task(obj.get("task") or "transcribe", obj.get("metric")).name
     target = _need_str(obj, "target", "slam")
     prompt = _need_str(obj, "prompt", "slam", optional=True)
     return AudioRecord(
         key=_need_str(obj, "key", "slam"),
         audio=_need_str(obj, "source", "slam"),
         task=task,
-        instruction=(prompt or TASKS[task].instruction()).replace(AUDIO_TAG, "").strip(),
+        instruction=(prompt or declare_open_task(task, None).instruction()).replace(AUDIO_TAG, "").strip(),
         answer=target,
         attributes=_attributes(obj),
         duration=_duration(obj),
@@ -187,7 +204,7 @@ def _parse_messages(obj: dict[str, Any], line: int) -> AudioRecord:
         raise ManifestError("messages schema: the assistant message must be a non-empty string")
     instruction = question.replace(AUDIO_TAG, "").strip()
     if obj.get("task"):
-        task = get_task(obj["task"]).name
+        task = declare_open_task(obj["task"], obj.get("metric")).name
     else:
         found = find_task_by_instruction(instruction)
         task = found.name if found else "audio_qa"
@@ -237,10 +254,11 @@ def detect_schema(obj: dict[str, Any]) -> str:
     raise ManifestError(f"unknown schema (keys {sorted(obj)}); expected one of: {known}")
 
 
-def parse_line(text: str, line: int, base_dir: Path | None = None) -> AudioRecord:
-    """Parse one manifest line (any schema); ``base_dir`` resolves relative audio paths. Raises ManifestError."""
+def parse_line(text: Item, line: int, base_dir: Path | None = None) -> AudioRecord:
+    """Parse one manifest line or already decoded row (any schema); ``base_dir`` resolves relative audio paths.
+    Raises ManifestError."""
     try:
-        obj = json.loads(text.rstrip("\r\n"))
+        obj = json.loads(text.rstrip("\r\n")) if isinstance(text, str) else text
     except json.JSONDecodeError as err:
         raise ManifestError(f"not valid JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(obj, dict):
@@ -256,15 +274,20 @@ def parse_line(text: str, line: int, base_dir: Path | None = None) -> AudioRecor
     return record
 
 
-def _iter_lines(path: Path) -> Iterable[tuple[int, str]]:
-    with path.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
-            if text.strip():
-                yield number, text
+def _iter_lines(source: Source) -> Iterable[tuple[int, Item]]:
+    """Numbered items of any source format (:mod:`audiomoe.data.sources`): JSONL(.gz) lines, dataset rows."""
+    return iter_items(source)
+
+
+def load_record_audio(record: AudioRecord, sampling_rate: int = 16000) -> Any:
+    """The record's clip (its segment for cuts / offsets) as mono float32 ``(T,)`` at ``sampling_rate``."""
+    if record.start is None:
+        return load_audio(record.audio, sampling_rate)
+    return load_audio(record.audio, sampling_rate, start=record.start, duration=record.duration)
 
 
 def load_manifest(
-    path: str | Path, on_error: Literal["fail", "skip"] = "fail", check_files: bool = True
+    path: str | Path | Source, on_error: Literal["fail", "skip"] = "fail", check_files: bool = True
 ) -> ManifestLoad:
     """Parse every line; ``check_files`` also requires each audio file to exist (cheap, no decoding).
 
@@ -273,14 +296,15 @@ def load_manifest(
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
-    path = Path(path)
-    if not path.is_file():
+    source = as_source(path)
+    path = Path(source.path)
+    if not path.exists():
         raise FileNotFoundError(f"manifest {path} does not exist")
     records: list[AudioRecord] = []
     problems: list[ManifestProblem] = []
     seen: dict[str, int] = {}
     total = 0
-    for number, text in _iter_lines(path):
+    for number, text in _iter_lines(source):
         total += 1
         try:
             record = parse_line(text, number, path.parent)
@@ -300,7 +324,7 @@ def load_manifest(
 
 
 def read_manifest(
-    path: str | Path, on_error: Literal["fail", "skip"] = "fail", check_files: bool = True
+    path: str | Path | Source, on_error: Literal["fail", "skip"] = "fail", check_files: bool = True
 ) -> list[AudioRecord]:
     """Records of a manifest (any of the three schemas). In skip mode, a summary of dropped lines goes to stderr."""
     loaded = load_manifest(path, on_error, check_files)
@@ -326,32 +350,42 @@ def write_manifest(records: Iterable[AudioRecord], path: str | Path, relative: b
 
 
 def validate_manifest(
-    path: str | Path, check_audio: bool = True, max_duration: float | None = 30.0, sampling_rate: int = 16000
+    path: str | Path | Source,
+    check_audio: bool = True,
+    max_duration: float | None = 30.0,
+    sampling_rate: int = 16000,
 ) -> list[ManifestProblem]:
     """Every problem of every line: JSON, schema, task, duplicate key, file exists, decodes, duration.
 
     ``check_audio`` decodes each file (catches empty, silent, NaN, truncated, undecodable) and compares a stated
     duration with the real one; ``max_duration`` flags clips longer than the encoder window (Whisper: 30 s).
     """
-    path = Path(path)
-    if not path.is_file():
+    source = as_source(path)
+    path = Path(source.path)
+    if not path.exists():
         return [ManifestProblem(str(path), 0, "manifest file does not exist")]
-    loaded = load_manifest(path, on_error="skip", check_files=True)
+    loaded = load_manifest(source, on_error="skip", check_files=True)
     problems = list(loaded.problems)
     if check_audio:
         lines = {}
-        for number, text in _iter_lines(path):
+        for number, text in _iter_lines(source):
             lines[number] = text
         bad_lines = {p.line for p in problems}
         numbered = [n for n in lines if n not in bad_lines]
         for number, record in zip(numbered, loaded.records):
             try:
                 info = audio_info(record.audio)
-                load_audio(record.audio, sampling_rate)
+                load_record_audio(record, sampling_rate)
             except AudioError as err:
                 problems.append(ManifestProblem(str(path), number, str(err)))
                 continue
-            real = info.duration
+            real = info.duration - (record.start or 0.0)
+            if (
+                record.start is not None
+                and record.duration is not None
+                and record.duration <= real + DURATION_TOLERANCE
+            ):
+                real = record.duration  # a segment inside the file: its stated length is what is used
             if record.duration is not None and abs(real - record.duration) > max(
                 DURATION_TOLERANCE, 0.02 * real
             ):

@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from audiomoe.data.audio import load_audio
-from audiomoe.data.manifest import AudioRecord
+from audiomoe.data.manifest import AudioRecord, load_record_audio
 from audiomoe.models.feature_cache import FeatureCache
 from audiomoe.models.processor import AudioLanguageProcessor
 
@@ -53,20 +52,29 @@ class RecordBatcher:
         return self.batch(records, [r.instruction for r in records], with_answers)
 
     def batch(
-        self, records: Sequence[AudioRecord], prompts: Sequence[str], with_answers: bool = True
+        self,
+        records: Sequence[AudioRecord],
+        prompts: Sequence[str],
+        with_answers: bool = True,
+        clips: Sequence[Any] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Prompts (without ``<audio>`` tag) about the records' clips; answers from the records if asked."""
+        """Prompts (without ``<audio>`` tag) about the records' clips; answers from the records if asked.
+        ``clips``: the records' waveforms when the caller already decoded them (one ``(T,)`` array each)."""
         answers = [r.answer for r in records] if with_answers else None
         if self.cache is None or self._cached_processor is None:
-            rate = self.processor.config.sampling_rate
-            clips = [[load_audio(r.audio, rate)] for r in records]
-            return self.processor(list(prompts), clips, answers=answers)
+            if clips is None:
+                clips = [self.load(r) for r in records]
+            return self.processor(list(prompts), [[c] for c in clips], answers=answers)
         hidden, mask, lengths = self.cache.batch([r.audio for r in records])
         batch = self._cached_processor(list(prompts), [[n] for n in lengths.tolist()], answers=answers)
         batch.pop("audio_features", None)
         batch.pop("audio_lengths", None)
         batch["encoder_hidden"], batch["encoder_mask"] = hidden, mask
         return batch
+
+    def load(self, record: AudioRecord) -> Any:
+        """The record's waveform at the model's sampling rate (raises AudioError for a clip that cannot be used)."""
+        return load_record_audio(record, self.processor.config.sampling_rate)
 
     def text_batch(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Text-only prompts (the modality-gap evaluation), left-padded for generation."""
