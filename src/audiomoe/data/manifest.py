@@ -24,6 +24,7 @@ including that the audio decodes and that a stated duration matches, and returns
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import sys
 from collections.abc import Callable, Iterable
@@ -334,12 +335,13 @@ def read_manifest(
 
 
 def write_manifest(records: Iterable[AudioRecord], path: str | Path, relative: bool = True) -> int:
-    """Write native-schema JSONL; with ``relative`` audio paths under the manifest's folder are stored relative."""
+    """Write native-schema JSONL (gzip when ``path`` ends in .gz); with ``relative`` audio paths under the manifest's folder are stored relative."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.parent.resolve()
     count = 0
-    with path.open("w", encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", encoding="utf-8") as f:
         for record in records:
             audio = Path(record.audio)
             if relative and audio.is_absolute() and audio.resolve().is_relative_to(base):

@@ -10,7 +10,9 @@ at import, and a user declares theirs in a file of the same format (``data.tasks
         metric: accuracy                # any name in audiomoe.evaluation.metrics
         labels: [anger, happiness, sadness, neutral]
         synonyms: {angry: anger, happy: happiness, sad: sadness}
-        instructions: [What emotion does the speaker express?, How does the speaker feel?]
+        instructions:
+          - What emotion does the speaker express?
+          - How does the speaker feel?
 
 A task carries instruction paraphrases (training draws one per record so a model cannot key on the wording), an
 answer format, a ``normalize`` used both when writing answers and when scoring them, the name of its metric
@@ -322,7 +324,10 @@ def read_tasks_file(path: str | Path) -> list[Task]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise TasksFileError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise TasksFileError(
+            f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)}); quote entries holding '?', ',' or ':'"
+            " inside [a, b] lists, or write one '- entry' per line"
+        ) from None
     entries = data.get("tasks") if isinstance(data, dict) else None
     if isinstance(entries, list):
         named = [e for e in entries if isinstance(e, dict) and e.get("name")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 
 from audiomoe.config import deep_merge, from_dict, load_config, to_dict
 from audiomoe.data.manifest import AudioRecord, read_manifest
-from audiomoe.data.sampler import BucketBatchSampler
+from audiomoe.data.tasks import TASKS_FILE_NAME, load_tasks_files, saved_tasks, write_tasks_file
 from audiomoe.evaluation.runner import GenerationSettings, generate_answers, score_predictions
 from audiomoe.models.batching import RecordBatcher, count_frames
 from audiomoe.models.directory import MODEL_DIR
@@ -29,7 +30,7 @@ from audiomoe.models.presets import build_preset
 from audiomoe.training import checkpoint as ckpt
 from audiomoe.training.config import ModelSection, TrainConfig
 from audiomoe.training.distributed import DistEnv, barrier, default_device, init_distributed, shutdown
-from audiomoe.training.stream import BatchStream
+from audiomoe.training.loading import LoaderStream, build_plan, decode_batch, fill_durations, read_sources
 from audiomoe.training.trainer import Trainer, seed_everything
 
 
@@ -56,7 +57,7 @@ def build_model(section: ModelSection) -> AudioLanguageModel:
     return AudioLanguageModel(resolve_lalm_config(section))
 
 
-def read_records(paths: list[str], on_bad_line: str) -> list[AudioRecord]:
+def read_records(paths: list[Any], on_bad_line: str) -> list[AudioRecord]:
     records: list[AudioRecord] = []
     for path in paths:
         records += read_manifest(path, on_error=on_bad_line)  # type: ignore[arg-type]
@@ -69,6 +70,11 @@ def open_cache(
     """The frozen-encoder cache, filled by rank 0 (the others wait, then read the same shards)."""
     if not config.data.feature_cache:
         return None
+    if any(r.start is not None for r in records):
+        raise ValueError(
+            "data.feature_cache keys clips by file, so it cannot hold segments (lhotse cuts, NeMo offsets) yet; "
+            "drop data.feature_cache for this data"
+        )
     cache = FeatureCache(config.data.feature_cache, model, dtype=config.data.feature_cache_dtype)
     if env.is_main:
         started = time.perf_counter()
@@ -109,16 +115,18 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     device = default_device(env)
     init_distributed(env, device)  # before the feature cache: rank 0 fills it while the others wait
     seed_everything(config.seed)
+    load_tasks_files(config.data.tasks)  # before the manifests: records name these tasks
     model = build_model(config.model)
-    train_records = read_records(config.data.train, config.data.on_bad_line)
+    train_records, origin, weights = read_sources(config.data.train, config.data.on_bad_line)
     dev_records = read_records(config.data.dev, config.data.on_bad_line)[: config.data.max_dev_items]
+    durations_from_headers = fill_durations(train_records)
     cache = open_cache(config, model, train_records + dev_records, env)
     batcher = RecordBatcher(train_records, model.processor, cache)
-    durations = [r.duration or 0.0 for r in train_records]
-    sampler = BucketBatchSampler(
-        durations, config.data.batch_size, seed=config.seed, rank=env.rank, world_size=env.world_size
-    )
-    stream = BatchStream(sampler.batches, batcher.collate)
+    sampler = build_plan(train_records, origin, weights, config.data, config.seed, env.rank, env.world_size)
+    stream = LoaderStream(
+        sampler.batches, partial(decode_batch, batcher), config.data.num_workers,
+        skip_bad_clips=config.data.on_bad_line == "skip",
+    )  # fmt: skip
 
     evaluate = None
     if dev_records:
@@ -160,6 +168,10 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     summary: dict[str, Any] = {}
     if env.is_main:
         export_model(config, model, env).save_pretrained(model_dir)
+        # the tasks it was trained with, so `audiomoe eval` scores them the same way without --tasks
+        tasks = saved_tasks(r.task for r in train_records + dev_records)
+        for directory in (config.run_dir, model_dir) if tasks else ():
+            write_tasks_file(tasks, directory / TASKS_FILE_NAME)
         summary = {
             "steps": result.step,
             "final_loss": result.last_loss,
@@ -170,7 +182,11 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
             "params": model.param_summary(),
             "feature_cache": str(cache.dir) if cache is not None else None,
             "train_items": len(train_records),
+            "durations_from_headers": durations_from_headers,
             "padding_fraction": round(sampler.padding_fraction(0), 4),
+            "num_workers": config.data.num_workers,
+            "skipped_clips": stream.skipped,
+            "skip_reasons": stream.reasons,
         }
         (config.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     del trainer

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", action="append", help="a name per --checkpoint (default: the adapter type)")
     p.add_argument("--manifest", required=True, type=Path, help="records to probe with (a dev manifest)")
     p.add_argument("--out", required=True, type=Path, help="folder for the PNGs and analysis.json")
+    p.add_argument(
+        "--tasks", nargs="+", default=[], metavar="FILE", help="tasks files of the manifest's tasks"
+    )
     defaults = AnalysisConfig()
     p.add_argument(
         "--probe-batches", type=int, default=defaults.probe_batches, help="probe batches per group"
@@ -57,6 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from audiomoe.data.tasks import TASKS_FILE_NAME, load_tasks_files
+    from audiomoe.models.directory import resolve_model_dir
+
+    load_tasks_files(args.tasks)
+    for checkpoint in args.checkpoint:  # the tasks each model was trained with
+        saved = resolve_model_dir(checkpoint) / TASKS_FILE_NAME
+        load_tasks_files([saved] if saved.is_file() else [])
     if args.label and len(args.label) != len(args.checkpoint):
         raise ValueError(
             f"{len(args.label)} --label for {len(args.checkpoint)} --checkpoint; give one per checkpoint"

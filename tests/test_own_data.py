@@ -1,0 +1,195 @@
+"""Bring your own data and tasks, from the CLI only: a tasks file declaring ``emotion`` with a Hugging Face
+``save_to_disk`` directory, a lhotse cuts file (segments) and a gzip JSONL validates, trains (tiny preset, a few
+steps) and evaluates with accuracy; the tasks travel with the run and the model; a clip corrupted after
+validation is skipped during training and counted."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audiomoe.cli.main import main as cli
+from audiomoe.data.tasks import OPEN_TASKS, TASKS, TasksFileError, read_tasks_file
+
+LABELS = ("anger", "happiness", "sadness", "neutral")
+TASKS_YAML = """\
+tasks:
+  emotion:
+    group: paralinguistic
+    metric: accuracy
+    labels: [anger, happiness, sadness, neutral]
+    synonyms: {angry: anger, happy: happiness, sad: sadness}
+    instructions:
+      - What emotion does the speaker express?
+      - How does the speaker feel?
+"""
+
+
+@pytest.fixture
+def clean_tasks() -> Iterator[None]:
+    """Tasks files register into the process-wide registry: put it back so other tests never see them."""
+    saved, saved_open = dict(TASKS), dict(OPEN_TASKS)
+    yield
+    for registry, content in ((TASKS, saved), (OPEN_TASKS, saved_open)):
+        registry.clear()
+        registry.update(content)
+
+
+def write_clips(root: Path, n: int = 8) -> list[dict]:
+    """``n`` tones, one label each (cycling), as native rows with paths relative to ``root``."""
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        t = np.arange(8000 + 800 * i) / 16000
+        sf.write(root / "clips" / f"c{i}.wav", 0.3 * np.sin(2 * np.pi * (200 + 150 * (i % 4)) * t), 16000)
+        rows.append({"key": f"c{i}", "audio": f"clips/c{i}.wav", "task": "emotion",
+                     "instruction": "What emotion does the speaker express?", "answer": LABELS[i % 4]})  # fmt: skip
+    return rows
+
+
+def train(root: Path, source: str, extra: str = "", steps: int = 3) -> tuple[dict, Path]:
+    run = root / "run"
+    config = root / "train.yaml"
+    config.write_text(
+        f"model: {{preset: tiny}}\ndata: {{train: [{source}], tasks: [{root / 'tasks.yaml'}], batch_size: 3{extra}}}\n"
+        f"out_dir: {run}\nsteps: {steps}\nprogress: false\ntensorboard: false\n"
+    )
+    assert cli(["train", "--config", str(config)]) == 0
+    return json.loads((run / "summary.json").read_text()), run
+
+
+def evaluate(root: Path, run: Path, source: str) -> dict:
+    report = root / "eval.json"
+    assert cli(["eval", "--checkpoint", str(run), "--manifest", source, "--tasks", str(root / "tasks.yaml"),
+                "--json", str(report), "--max-new-tokens", "3"]) == 0  # fmt: skip
+    return json.loads(report.read_text())
+
+
+def train_and_eval(root: Path, source: str) -> tuple[dict, dict, Path]:
+    summary, run = train(root, source)
+    return summary, evaluate(root, run, source), run
+
+
+def test_hf_dataset_dir_with_a_tasks_file_validates_trains_and_evaluates(
+    tmp_path: Path, clean_tasks: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    datasets = pytest.importorskip("datasets")
+    rows = write_clips(tmp_path)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
+    (tmp_path / "tasks.yaml").write_text(TASKS_YAML)
+    source = str(tmp_path / "hf")
+
+    capsys.readouterr()
+    assert cli(["data", "validate", source]) == 0  # undeclared: an open task, a note, never an error
+    assert "task 'emotion' is not declared" in capsys.readouterr().err
+    assert cli(["data", "validate", source, "--tasks", str(tmp_path / "tasks.yaml")]) == 0
+    assert "not declared" not in capsys.readouterr().err
+
+    summary, report, run = train_and_eval(tmp_path, source)
+    assert summary["steps"] == 3 and summary["train_items"] == 8
+    assert summary["durations_from_headers"] == 8  # the dataset has no duration column: read from headers
+    emotion = report["tasks"]["emotion"]
+    assert emotion["metric"] == "accuracy" and emotion["n"] == 8 and 0.0 <= emotion["accuracy"] <= 1.0
+    assert report["groups"].keys() == {"paralinguistic"}
+    for directory in (run, run / "model"):
+        (saved,) = read_tasks_file(directory / "tasks.yaml")
+        assert saved == TASKS["emotion"] and saved.labels == LABELS
+
+    # The model evaluates with the tasks it was trained with: no --tasks needed in a fresh registry ...
+    TASKS.pop("emotion")
+    again = tmp_path / "again.json"
+    assert cli(["eval", "--checkpoint", str(run), "--manifest", source, "--json", str(again),
+                "--max-new-tokens", "3"]) == 0  # fmt: skip
+    assert json.loads(again.read_text())["tasks"]["emotion"]["metric"] == "accuracy"
+    # ... and a tasks file that defines it differently is one line naming the conflict.
+    TASKS.pop("emotion")
+    (tmp_path / "other.yaml").write_text(TASKS_YAML.replace("metric: accuracy", "metric: macro_f1"))
+    capsys.readouterr()
+    assert cli(["eval", "--checkpoint", str(run), "--manifest", source, "--tasks", str(tmp_path / "other.yaml"),
+                "--max-new-tokens", "3"]) == 2  # fmt: skip
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "error" in x]
+    assert (
+        line.startswith("audiomoe eval: error: ") and "task 'emotion' is already defined differently" in line
+    )
+
+
+def test_lhotse_cuts_segments_and_a_clip_corrupted_after_validation_is_skipped(
+    tmp_path: Path, clean_tasks: None
+) -> None:
+    lhotse = pytest.importorskip("lhotse")
+    rows = write_clips(tmp_path)
+    cuts = []
+    for row in rows:
+        recording = lhotse.Recording.from_file(tmp_path / row["audio"])
+        sup = lhotse.SupervisionSegment(id=row["key"], recording_id=recording.id, start=0.1, duration=0.3,
+                                        text=row["answer"], speaker="spk", language="en")  # fmt: skip
+        cuts.append(lhotse.MonoCut(id=row["key"], start=0.1, duration=0.3, channel=0, recording=recording,
+                                   supervisions=[sup], custom={"task": "emotion"}))  # fmt: skip
+    lhotse.CutSet.from_cuts(cuts).to_file(tmp_path / "cuts.jsonl.gz")
+    (tmp_path / "tasks.yaml").write_text(TASKS_YAML)
+    source = str(tmp_path / "cuts.jsonl.gz")
+    assert cli(["data", "validate", source, "--tasks", str(tmp_path / "tasks.yaml")]) == 0
+
+    from audiomoe.data.manifest import load_manifest, load_record_audio
+
+    record = load_manifest(source).records[0]
+    assert (record.start, record.duration, record.attributes["speaker"]) == (0.1, 0.3, "spk")
+    assert load_record_audio(record).shape == (round(0.3 * 16000),)  # the segment, not the file
+
+    clip = tmp_path / "clips" / "c5.wav"
+    good = clip.read_bytes()
+    clip.write_bytes(b"RIFF\x00\x00\x00\x00WAVE broken after validation")
+    # equal durations: 8 one-clip buckets, so 8 steps pass every clip (the bad one costs its batch, not a step)
+    summary, run = train(tmp_path, source, ", on_bad_line: skip", steps=8)
+    assert summary["steps"] == 8 and summary["skipped_clips"] >= 1
+    assert all(reason.startswith("c5: ") and "c5.wav" in reason for reason in summary["skip_reasons"])
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["skipped_clips"] == summary["skipped_clips"] and logged[0]["skipped_clips"] <= 1
+    clip.write_bytes(good)
+    report = evaluate(tmp_path, run, source)
+    assert report["tasks"]["emotion"]["metric"] == "accuracy" and report["tasks"]["emotion"]["n"] == 8
+
+
+def test_gzip_jsonl_trains_and_a_decode_failure_without_skip_stops_with_one_line(
+    tmp_path: Path, clean_tasks: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = write_clips(tmp_path, 6)
+    with gzip.open(tmp_path / "train.jsonl.gz", "wt") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "tasks.yaml").write_text(TASKS_YAML)
+    source = str(tmp_path / "train.jsonl.gz")
+    assert cli(["data", "validate", source, "--tasks", str(tmp_path / "tasks.yaml")]) == 0
+    summary, report, _ = train_and_eval(tmp_path, source)
+    assert summary["skipped_clips"] == 0 and report["tasks"]["emotion"]["n"] == 6
+
+    (tmp_path / "clips" / "c2.wav").write_bytes(b"not audio")
+    config = tmp_path / "fail.yaml"
+    config.write_text(
+        f"data: {{train: [{source}], tasks: [{tmp_path / 'tasks.yaml'}], batch_size: 6}}\n"
+        f"out_dir: {tmp_path / 'run2'}\nsteps: 6\nprogress: false\ntensorboard: false\n"  # 6 one-clip batches
+    )
+    capsys.readouterr()
+    assert cli(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "c2.wav" in err and "data.on_bad_line=skip" in err
+
+
+def test_tasks_file_errors_name_the_file_and_key(tmp_path: Path, clean_tasks: None) -> None:
+    cases = {
+        "tasks:\n  emotion: {metric: accuracy, labelz: [a]}\n": "tasks.emotion.labelz: unknown key (did you mean",
+        "tasks:\n  emotion: {labels: [a, b], instructions: [x]}\n": "tasks.emotion: give a metric",
+        "tasks:\n  e: {metric: accuracy, labels: [a], synonyms: {b: c}, instructions: [x]}\n": "'c' is not one of",
+        "tasks:\n  e: {metric: accuracy, instructions: [Why?, no]}\n": "quote entries holding '?'",
+    }
+    for text, expected in cases.items():
+        path = tmp_path / "t.yaml"
+        path.write_text(text)
+        with pytest.raises(TasksFileError) as info:
+            read_tasks_file(path)
+        assert str(info.value).startswith(str(path)) and expected in str(info.value), str(info.value)
