@@ -193,3 +193,64 @@ def test_tasks_file_errors_name_the_file_and_key(tmp_path: Path, clean_tasks: No
         with pytest.raises(TasksFileError) as info:
             read_tasks_file(path)
         assert str(info.value).startswith(str(path)) and expected in str(info.value), str(info.value)
+
+
+def test_parquet_with_embedded_audio_and_a_column_mapping_converts_to_native_jsonl(
+    tmp_path: Path, clean_tasks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``Audio`` column holding bytes (as hub parquet files do) is written once to the audio cache; columns
+    with other names map to the native fields; ``data convert`` writes native JSONL(.gz) any format reads."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setenv("AUDIOMOE_CACHE", str(tmp_path / "cache"))
+    rows = write_clips(tmp_path, 4)
+    table = {
+        "wav": [
+            {"bytes": (tmp_path / r["audio"]).read_bytes(), "path": f"gone/{r['key']}.wav"} for r in rows
+        ],
+        "label": [r["answer"] for r in rows],
+        "id": [r["key"] for r in rows],
+    }
+    dataset = datasets.Dataset.from_dict(table).cast_column("wav", datasets.Audio(decode=False))
+    dataset.to_parquet(str(tmp_path / "emo.parquet"))
+    (tmp_path / "tasks.yaml").write_text(TASKS_YAML)
+    out = tmp_path / "native.jsonl.gz"
+    args = ["data", "convert", str(tmp_path / "emo.parquet"), str(out), "--tasks", str(tmp_path / "tasks.yaml"),
+            "--task", "emotion", "--column", "audio=wav", "--column", "answer=label", "--column", "key=id"]  # fmt: skip
+    assert cli(args) == 0
+    with gzip.open(out, "rt") as handle:
+        converted = [json.loads(line) for line in handle]
+    assert [(c["key"], c["task"], c["answer"]) for c in converted] == [
+        (r["key"], "emotion", r["answer"]) for r in rows
+    ]
+    cached = (out.parent / converted[0]["audio"]).resolve()  # stored relative to the manifest's folder
+    assert (
+        cached.is_relative_to(tmp_path / "cache" / "audio")
+        and cached.read_bytes() == (tmp_path / rows[0]["audio"]).read_bytes()
+    )
+    assert cli(["data", "validate", str(out), "--tasks", str(tmp_path / "tasks.yaml")]) == 0
+
+
+def test_nemo_manifest_with_offsets_is_a_transcription_source(tmp_path: Path) -> None:
+    from audiomoe.data.manifest import load_manifest, load_record_audio
+
+    write_clips(tmp_path, 2)
+    lines = [
+        {"audio_filepath": "clips/c0.wav", "text": "hello world", "duration": 0.5},
+        {
+            "audio_filepath": "clips/c1.wav",
+            "text": "second part",
+            "duration": 0.2,
+            "offset": 0.25,
+            "lang": "en",
+        },
+    ]
+    (tmp_path / "nemo.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    first, second = load_manifest(tmp_path / "nemo.json").records
+    assert (first.task, first.answer, first.transcript, first.start) == (
+        "transcribe",
+        "hello world",
+        "hello world",
+        None,
+    )
+    assert (second.start, second.duration, second.attributes["language"]) == (0.25, 0.2, "en")
+    assert load_record_audio(second).shape == (3200,)

@@ -1,5 +1,6 @@
-"""``audiomoe bench adapter`` (adapter speed, see audiomoe.benchmarks.adapter_speed) and ``audiomoe bench
-contention`` (training speed with one core busy, see audiomoe.benchmarks.contention)."""
+"""``audiomoe bench adapter`` (adapter speed, see audiomoe.benchmarks.adapter_speed), ``audiomoe bench
+contention`` (training speed with one core busy, see audiomoe.benchmarks.contention), ``feature-cache`` and
+``data`` (loading in DataLoader workers, see audiomoe.benchmarks.data_loading)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--steps", type=int, default=12, help="measured steps per arm (after 2 warm-up steps)")
     f.add_argument("--json", type=Path, help="write the numbers here")
     f.set_defaults(func=run_feature_cache)
+    d = which.add_parser(
+        "data", help="clips/s of decoding + features with 0/1/2 DataLoader workers, step time hidden"
+    )
+    d.add_argument("--clips", type=int, default=32)
+    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    d.add_argument("--steps", type=int, default=4, help="measured training steps per arm")
+    d.add_argument("--preset", default="tiny")
+    d.add_argument("--manifest", default="", help="clips of this manifest instead of generated ones")
+    d.add_argument("--json", type=Path, help="write the numbers here")
+    d.set_defaults(func=run_data)
 
 
 def run_adapter(args: argparse.Namespace) -> int:
@@ -80,6 +92,13 @@ def run_feature_cache(args: argparse.Namespace) -> int:
     from audiomoe.benchmarks.feature_cache import format_result, run_benchmark
 
     result = run_benchmark(args.manifest, args.preset, args.encoder, args.llm, args.batch_size, args.steps)
+    return report(result, format_result(result), args.json)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from audiomoe.benchmarks.data_loading import format_result, run_benchmark
+
+    result = run_benchmark(args.clips, args.batch_size, args.workers, args.steps, args.preset, args.manifest)
     return report(result, format_result(result), args.json)
 
 
