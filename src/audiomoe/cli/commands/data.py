@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = imp.add_mutually_exclusive_group(required=True)
     src.add_argument("--pattern", help="file-name pattern, e.g. '{label}_{speaker}_{index}.wav'")
     src.add_argument("--csv", help="CSV with columns file,label[,attribute...] (paths relative to FOLDER)")
-    imp.add_argument("--task", required=True, help="task name (see audiomoe.data.tasks.TASKS)")
+    imp.add_argument("--task", required=True, help="task name (built in, or declared in --tasks)")
+    imp.add_argument("--tasks", nargs="+", default=[], metavar="FILE", help="tasks files declaring the task")
     imp.add_argument("--out", required=True, help="manifest to write (JSONL)")
     imp.set_defaults(func=run_import)
 
@@ -101,6 +102,7 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from audiomoe.data.importers import import_folder
 
+    load_tasks(args.tasks)
     report = import_folder(args.folder, args.task, args.out, pattern=args.pattern, csv_path=args.csv)
     print(report.summary())
     print(f"wrote {args.out}")
