@@ -254,3 +254,64 @@ def test_nemo_manifest_with_offsets_is_a_transcription_source(tmp_path: Path) ->
     )
     assert (second.start, second.duration, second.attributes["language"]) == (0.25, 0.2, "en")
     assert load_record_audio(second).shape == (3200,)
+
+
+def test_messages_with_system_prompt_several_turns_and_two_audios(tmp_path: Path, clean_tasks: None) -> None:
+    """ "Which of the two clips is louder?" after a first turn: both assistant turns carry the loss, everything
+    else is -100, each <audio> tag becomes its own clip's placeholders; such records train and evaluate."""
+    from audiomoe.data.manifest import load_manifest
+    from audiomoe.models.batching import RecordBatcher
+    from audiomoe.models.lalm import AudioLanguageModel
+    from audiomoe.models.presets import build_preset
+    from audiomoe.models.processor import IGNORE_INDEX
+
+    write_clips(tmp_path, 4)
+    line = {
+        "key": "pair0", "task": "louder", "audios": ["clips/c0.wav", "clips/c1.wav"],
+        "messages": [
+            {"role": "system", "content": "You compare recordings."},
+            {"role": "user", "content": "First clip: <audio>. What pitch is it?"},
+            {"role": "assistant", "content": "low"},
+            {"role": "user", "content": "Second clip: <audio>. Which of the two clips is louder?"},
+            {"role": "assistant", "content": "the second"},
+        ],
+    }  # fmt: skip
+    single = {"messages": [{"role": "user", "content": "<audio>Which digit is spoken?"},
+                           {"role": "assistant", "content": "two"}], "audios": ["clips/c2.wav"], "key": "one"}  # fmt: skip
+    (tmp_path / "m.jsonl").write_text(json.dumps(line) + "\n" + json.dumps(single) + "\n")
+    pair, one = load_manifest(tmp_path / "m.jsonl").records
+    assert (
+        pair.paths == [str(tmp_path / "clips/c0.wav"), str(tmp_path / "clips/c1.wav")]
+        and len(pair.messages) == 5
+    )
+    assert (pair.instruction, pair.answer) == (
+        "Second clip: . Which of the two clips is louder?",
+        "the second",
+    )
+    assert one.messages is None and one.task == "digit"  # one turn, one audio: a plain record as before
+
+    model = AudioLanguageModel(build_preset("tiny", adapter_type="linear"))
+    batcher = RecordBatcher([pair, one], model.processor)
+    batch = batcher.collate([0, 1])
+    tokenizer = model.processor.tokenizer
+    labelled = [tokenizer.decode(row[row != IGNORE_INDEX]) for row in batch["labels"]]
+    assert "low" in labelled[0] and "the second" in labelled[0] and "louder" not in labelled[0]
+    assert "two" in labelled[1] and "digit" not in labelled[1]
+    placeholders = (batch["input_ids"] == model.processor.audio_token_id).sum(dim=1).tolist()
+    per_clip = model.processor.audio_token_lengths(batch["audio_lengths"]).tolist()
+    assert batch["audio_features"].shape[0] == 3 and placeholders == [per_clip[0] + per_clip[1], per_clip[2]]
+    asked = batcher.collate(
+        [0], with_answers=False
+    )  # evaluation: the last question, earlier turns as context
+    text = tokenizer.decode(asked["input_ids"][0])
+    assert "What pitch" in text and "louder" in text and "the second" not in text and "labels" not in asked
+
+    assert cli(["data", "validate", str(tmp_path / "m.jsonl")]) == 0
+    config = tmp_path / "t.yaml"
+    config.write_text(f"data: {{train: [{tmp_path / 'm.jsonl'}], batch_size: 2}}\nout_dir: {tmp_path / 'run'}\n"
+                      "steps: 2\nprogress: false\ntensorboard: false\n")  # fmt: skip
+    assert cli(["train", "--config", str(config)]) == 0
+    report = tmp_path / "e.json"
+    assert cli(["eval", "--checkpoint", str(tmp_path / "run"), "--manifest", str(tmp_path / "m.jsonl"),
+                "--json", str(report), "--max-new-tokens", "2"]) == 0  # fmt: skip
+    assert set(json.loads(report.read_text())["tasks"]) == {"louder", "digit"}

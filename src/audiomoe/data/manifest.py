@@ -61,6 +61,9 @@ class AudioRecord:
             the same question asked with the transcript instead of the audio).
         start: for a segment of a longer file (lhotse cuts, NeMo offsets), its start in seconds; the segment
             lasts ``duration`` (to the end of the file when None). None = the whole file.
+        messages: the whole conversation of a messages record with a system prompt, several turns or several
+            audios (``<audio>`` tags in place; training puts the loss on every assistant turn); None otherwise.
+        audios: every audio of such a record in tag order (``audio`` is the first); None otherwise.
     """
 
     key: str
@@ -72,11 +75,18 @@ class AudioRecord:
     duration: float | None = None
     transcript: str | None = None
     start: float | None = None
+    messages: list[dict[str, str]] | None = None
+    audios: list[str] | None = None
+
+    @property
+    def paths(self) -> list[str]:
+        """Every audio file of the record, in ``<audio>``-tag order."""
+        return list(self.audios) if self.audios else [self.audio]
 
     def to_json(self) -> str:
         """One native-schema JSON line (keys in a fixed order so equal records give equal bytes)."""
         data = dataclasses.asdict(self)
-        for optional in ("transcript", "start"):
+        for optional in ("transcript", "start", "messages", "audios"):
             if data[optional] is None:
                 del data[optional]
         data["attributes"] = dict(sorted(data["attributes"].items()))
@@ -188,20 +198,40 @@ def _parse_slam(obj: dict[str, Any], line: int) -> AudioRecord:
     )
 
 
+ROLES = ("system", "user", "assistant")
+
+
 def _parse_messages(obj: dict[str, Any], line: int) -> AudioRecord:
+    """One or more turns: an optional system message first, then user / assistant turns ending with the
+    assistant; one ``<audio>`` tag per entry of ``audios``, in order, anywhere in the user turns."""
     messages, audios = obj.get("messages"), obj.get("audios")
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise ManifestError("messages schema: 'messages' must be a list of {role, content} objects")
-    if not isinstance(audios, list) or len(audios) != 1 or not isinstance(audios[0], str):
-        raise ManifestError(f"messages schema: 'audios' must be a list with exactly one path, got {audios!r}")
-    users = [m for m in messages if m.get("role") == "user"]
-    assistants = [m for m in messages if m.get("role") == "assistant"]
-    if len(users) != 1 or len(assistants) != 1:
-        raise ManifestError("messages schema: need exactly one 'user' and one 'assistant' message")
-    question, answer = users[0].get("content"), assistants[0].get("content")
-    if not isinstance(question, str) or question.count(AUDIO_TAG) != 1:
-        raise ManifestError(f"messages schema: the user message must contain exactly one {AUDIO_TAG} tag")
-    if not isinstance(answer, str) or not answer.strip():
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in messages
+    ):
+        raise ManifestError("messages schema: 'messages' must be a list of {role, content} objects "
+                            f"(role one of {', '.join(ROLES)}, content a string)")  # fmt: skip
+    if not isinstance(audios, list) or not audios or not all(isinstance(a, str) and a for a in audios):
+        raise ManifestError(f"messages schema: 'audios' must be a list of one or more paths, got {audios!r}")
+    tags = sum(m["content"].count(AUDIO_TAG) for m in messages)
+    if tags != len(audios):
+        raise ManifestError(
+            f"messages schema: the messages hold {tags} {AUDIO_TAG} tag(s) for {len(audios)} audio(s); "
+            f"write exactly one {AUDIO_TAG} per audio, in order"
+        )
+    turns = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    roles = [m["role"] for m in turns]
+    if (
+        not roles
+        or roles[0] != "user"
+        or roles[-1] != "assistant"
+        or any(a == b for a, b in zip(roles, roles[1:]))
+    ):
+        raise ManifestError(
+            "messages schema: after an optional system message, user and assistant turns alternate, starting "
+            "with a user turn and ending with an assistant turn"
+        )
+    question, answer = turns[-2]["content"], turns[-1]["content"]
+    if not answer.strip():
         raise ManifestError("messages schema: the assistant message must be a non-empty string")
     instruction = question.replace(AUDIO_TAG, "").strip()
     if obj.get("task"):
@@ -209,6 +239,7 @@ def _parse_messages(obj: dict[str, Any], line: int) -> AudioRecord:
     else:
         found = find_task_by_instruction(instruction)
         task = found.name if found else "audio_qa"
+    single = len(messages) == 2 and len(audios) == 1 and question.count(AUDIO_TAG) == 1
     key = obj.get("key", obj.get("id"))
     return AudioRecord(
         key=str(key) if key is not None else f"line{line}",
@@ -219,6 +250,8 @@ def _parse_messages(obj: dict[str, Any], line: int) -> AudioRecord:
         attributes=_attributes(obj),
         duration=_duration(obj),
         transcript=obj.get("transcript") or (answer if task == "transcribe" else None),
+        messages=None if single else [{"role": m["role"], "content": m["content"]} for m in messages],
+        audios=None if single else list(audios),
     )
 
 
@@ -270,8 +303,11 @@ def parse_line(text: Item, line: int, base_dir: Path | None = None) -> AudioReco
         raise
     except ValueError as err:  # unknown task and other value errors from helpers
         raise ManifestError(str(err)) from None
-    if base_dir is not None and not Path(record.audio).is_absolute():
-        record.audio = str(base_dir / record.audio)
+    if base_dir is not None:
+        resolved = [p if Path(p).is_absolute() else str(base_dir / p) for p in record.paths]
+        record.audio = resolved[0]
+        if record.audios is not None:
+            record.audios = resolved
     return record
 
 
@@ -285,6 +321,13 @@ def load_record_audio(record: AudioRecord, sampling_rate: int = 16000) -> Any:
     if record.start is None:
         return load_audio(record.audio, sampling_rate)
     return load_audio(record.audio, sampling_rate, start=record.start, duration=record.duration)
+
+
+def load_record_clips(record: AudioRecord, sampling_rate: int = 16000) -> list[Any]:
+    """Every clip of the record in tag order (one for most records), each ``(T,)`` float32."""
+    if record.audios:
+        return [load_audio(path, sampling_rate) for path in record.audios]
+    return [load_record_audio(record, sampling_rate)]
 
 
 def load_manifest(
@@ -311,8 +354,9 @@ def load_manifest(
             record = parse_line(text, number, path.parent)
             if record.key in seen:
                 raise ManifestError(f"duplicate key {record.key!r} (first on line {seen[record.key]})")
-            if check_files and not Path(record.audio).is_file():
-                raise ManifestError(f"audio file {record.audio} not found")
+            missing = [p for p in record.paths if check_files and not Path(p).is_file()]
+            if missing:
+                raise ManifestError(f"audio file {missing[0]} not found")
         except ManifestError as err:
             problem = ManifestProblem(str(path), number, str(err))
             if on_error == "fail":
@@ -377,10 +421,12 @@ def validate_manifest(
         for number, record in zip(numbered, loaded.records):
             try:
                 info = audio_info(record.audio)
-                load_record_audio(record, sampling_rate)
+                load_record_clips(record, sampling_rate)
             except AudioError as err:
                 problems.append(ManifestProblem(str(path), number, str(err)))
                 continue
+            if record.audios:
+                continue  # several clips: a stated duration is their sum, not checked against one file
             real = info.duration - (record.start or 0.0)
             if (
                 record.start is not None

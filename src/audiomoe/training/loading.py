@@ -59,9 +59,10 @@ def fill_durations(records: Sequence[AudioRecord]) -> int:
     for record in records:
         if record.duration is None:
             try:
-                record.duration = audio_info(record.audio).duration - (record.start or 0.0)
+                total = sum(audio_info(path).duration for path in record.paths)  # several clips: their sum
             except AudioError:
                 continue
+            record.duration = total - (record.start or 0.0)
             filled += 1
     return filled
 

@@ -61,12 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from audiomoe.data.tasks import TASKS_FILE_NAME, load_tasks_files
-    from audiomoe.models.directory import resolve_model_dir
 
     load_tasks_files(args.tasks)
-    for checkpoint in args.checkpoint:  # the tasks each model was trained with
-        saved = resolve_model_dir(checkpoint) / TASKS_FILE_NAME
-        load_tasks_files([saved] if saved.is_file() else [])
+    for checkpoint in args.checkpoint:  # the tasks each model was trained with (model dir or run dir)
+        saved = [
+            p for p in (checkpoint / TASKS_FILE_NAME, checkpoint / "model" / TASKS_FILE_NAME) if p.is_file()
+        ]
+        load_tasks_files(saved[:1])
     if args.label and len(args.label) != len(args.checkpoint):
         raise ValueError(
             f"{len(args.label)} --label for {len(args.checkpoint)} --checkpoint; give one per checkpoint"
