@@ -80,3 +80,17 @@ def test_mixing_weights_repeat_and_subsample_sources() -> None:
     plan = MixturePlan([1.0] * 30, sources, [2.0, 0.5], lambda d: BucketBatchSampler(d, 5, seed=0), seed=0)
     batches = plan.batches(0)
     assert sum(len(b) for b in batches) == 30 and plan.batches(0) == batches
+
+
+def test_bench_data_reports_rates_per_worker_count_and_the_step_times(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from audiomoe.cli.main import main as cli
+
+    assert (
+        cli(["bench", "data", "--clips", "4", "--batch-size", "2", "--workers", "0", "1", "--steps", "1"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| workers | clips/s | speed-up |" in out and "| 0 |" in out and "| 1 |" in out
+    assert "| 0 workers |" in out and "| 1 workers |" in out and "| compute only |" in out

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from audiomoe.cli.main import main as cli
-from audiomoe.data.tasks import OPEN_TASKS, TASKS, TasksFileError, read_tasks_file
+from audiomoe.data.tasks import DECLARED, OPEN_TASKS, TASKS, TasksFileError, read_tasks_file
 
 LABELS = ("anger", "happiness", "sadness", "neutral")
 TASKS_YAML = """\
@@ -34,9 +34,9 @@ tasks:
 @pytest.fixture
 def clean_tasks() -> Iterator[None]:
     """Tasks files register into the process-wide registry: put it back so other tests never see them."""
-    saved, saved_open = dict(TASKS), dict(OPEN_TASKS)
+    saved = [(registry, dict(registry)) for registry in (TASKS, OPEN_TASKS, DECLARED)]
     yield
-    for registry, content in ((TASKS, saved), (OPEN_TASKS, saved_open)):
+    for registry, content in saved:
         registry.clear()
         registry.update(content)
 

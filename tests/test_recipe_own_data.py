@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from audiomoe.cli.main import main as cli
-from audiomoe.data.tasks import OPEN_TASKS, TASKS
+from audiomoe.data.tasks import DECLARED, OPEN_TASKS, TASKS
 
 EMOTIONS = {"anger": 420.0, "happiness": 660.0, "sadness": 180.0, "neutral": 300.0}
 TASKS_FILE = """\
@@ -46,9 +46,9 @@ tensorboard: false
 
 @pytest.fixture
 def clean_tasks() -> Iterator[None]:
-    saved, saved_open = dict(TASKS), dict(OPEN_TASKS)
+    saved = [(registry, dict(registry)) for registry in (TASKS, OPEN_TASKS, DECLARED)]
     yield
-    for registry, content in ((TASKS, saved), (OPEN_TASKS, saved_open)):
+    for registry, content in saved:
         registry.clear()
         registry.update(content)
 

@@ -165,6 +165,8 @@ class Task:
 TASKS: dict[str, Task] = {}
 # Tasks that records named without anyone registering them, with the metric the record declared.
 OPEN_TASKS: dict[str, Task] = {}
+# Tasks registered from a user's tasks file (what a run saves; a plugin's tasks come back with the plugin).
+DECLARED: dict[str, Task] = {}
 
 
 def register_task(task: Task) -> Task:
@@ -362,7 +364,10 @@ def add_tasks(tasks: Iterable[Task], where: str) -> list[Task]:
 
 def load_tasks_file(path: str | Path) -> list[Task]:
     """Read a tasks file and register its tasks (see :func:`add_tasks`); returns them."""
-    return add_tasks(read_tasks_file(path), str(path))
+    tasks = add_tasks(read_tasks_file(path), str(path))
+    for task in tasks:
+        DECLARED.setdefault(task.name, task)
+    return tasks
 
 
 def load_tasks_files(paths: Iterable[str | Path]) -> list[Task]:
@@ -379,15 +384,12 @@ def write_tasks_file(tasks: Iterable[Task], path: str | Path) -> Path:
 
 
 def saved_tasks(names: Iterable[str]) -> list[Task]:
-    """The definitions to save with a run: those of ``names`` that are not built in (declared in tasks files,
-    open tasks with their metric, plugin tasks with a named normaliser), in name order."""
+    """The definitions to save with a run: those of ``names`` declared in tasks files, and open tasks with the
+    metric their records named, in name order. (Built-in tasks are the package's; a plugin's come with it.)"""
     out = []
     for name in sorted(set(names)):
         task = get_task(name)
-        if BUILTIN.get(name) == task:
-            continue
-        with_name = task.normalizer is None or any(fn is task.normalizer for fn in NORMALIZERS.values())
-        if with_name:
+        if DECLARED.get(name) is task or (name in OPEN_TASKS and task.metric != OPEN_METRIC):
             out.append(task)
     return out
 
