@@ -1,19 +1,24 @@
-"""JSONL manifests: three accepted schemas, one internal record, line-numbered validation.
+"""Manifests: record schemas, one internal record, line-numbered validation.
 
-Every line of a manifest is one JSON object in one of these schemas (detected per line):
+Every line of a manifest (JSONL, plain or gzip, or a row of another source format: see
+:mod:`audiomoe.data.sources` and :mod:`audiomoe.data.formats`, which also adds the lhotse and NeMo schemas) is one
+JSON object in one of these schemas (detected per line):
 
 * **native** (audiomoe):
   ``{"key", "audio", "task", "instruction", "answer", "attributes": {name: value}, "duration", "transcript"}``;
-  ``key``, ``audio``, ``task``, ``answer`` are required, the rest optional.
+  ``key``, ``audio``, ``task``, ``answer`` are required, the rest optional (also ``start`` for a segment and
+  ``metric`` for a task nobody declared).
 * **slam** (SLAM-LLM ASR style): ``{"key", "source": path, "target": text}`` (optional ``prompt``, ``task``):
   the task is ``transcribe`` unless given, the target is also the transcript.
 * **messages** (ms-swift / LLaMA-Factory style):
   ``{"messages": [{"role": "user", "content": "<audio>question"}, {"role": "assistant", "content": "answer"}],
-  "audios": [path]}`` with exactly one ``<audio>`` tag and one audio; optional ``key``/``id``, ``task``,
-  ``attributes``, ``duration``. Without ``task`` the task is the one whose paraphrase matches the question,
-  else ``audio_qa``.
+  "audios": [path]}``: an optional system message, then user / assistant turns ending with the assistant, one
+  ``<audio>`` tag per audio in order; optional ``key``/``id``, ``task``, ``attributes``, ``duration``. Without
+  ``task`` the task is the one whose paraphrase matches the last question, else ``audio_qa``. A record with a
+  system prompt, several turns or several audios keeps the whole conversation (``messages``, ``audios``).
 
-All three become an :class:`AudioRecord`. Relative audio paths are resolved against the manifest's folder.
+A task nobody declared is an open task (:func:`audiomoe.data.tasks.declare_open_task`), never an error.
+Every schema becomes an :class:`AudioRecord`. Relative audio paths are resolved against the manifest's folder.
 
 ``read_manifest(path, on_error="fail")`` raises :class:`ManifestError` at the first bad line
 (``path:line: reason``); ``on_error="skip"`` drops bad lines and prints a counted summary to stderr (never a
