@@ -88,7 +88,7 @@ def test_bench_data_reports_rates_per_worker_count_and_the_step_times(
     from audiomoe.cli.main import main as cli
 
     assert (
-        cli(["bench", "data", "--clips", "4", "--batch-size", "2", "--workers", "0", "1", "--steps", "1"])
+        cli(["bench", "data", "--clips", "2", "--batch-size", "2", "--workers", "0", "1", "--steps", "1"])
         == 0
     )
     out = capsys.readouterr().out

@@ -6,7 +6,8 @@
 Without ``--manifest`` the benchmark writes its own clips to a temporary folder: 1-3 s tones with noise as 44.1
 kHz stereo FLAC, so each clip costs what real recordings cost (FLAC decode, mix to mono, soxr resampling to
 16 kHz, log-mel features). Loading: one pass over the same batch plan per worker count (after one warm-up
-batch in this process), worker start-up included, as a training epoch pays it. Training: ``steps`` optimizer steps of the tiny LALM fed by the stream
+batch in this process), worker start-up included, as a training epoch pays it; and once more in this process with one torch thread, as each worker
+runs, which separates the thread setting from the parallelism. Training: ``steps`` optimizer steps of the tiny LALM fed by the stream
 with 0 workers and with the most workers, and the same steps on batches loaded beforehand (compute only);
 ``hidden`` is the share of the loading time per step that the workers take off the step
 (``(step_0 - step_w) / (step_0 - compute)``). Ratios are of this run's own measurements.
@@ -86,6 +87,14 @@ def run_benchmark(
             for _ in plan(0):
                 next(stream)
             loading[count] = len(records) / (time.perf_counter() - begin)
+        # workers run one torch thread each; the same in this process separates that from the parallelism
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        begin = time.perf_counter()
+        for batch in plan(0):
+            load(batch)
+        single_thread = len(records) / (time.perf_counter() - begin)
+        torch.set_num_threads(threads)
         most = max(workers)
         _train_steps(model, optimizer, LoaderStream(plan, load, 0), 1)  # warm-up: first-call costs
         step = {
@@ -102,6 +111,7 @@ def run_benchmark(
         "cpu_cores": len(os.sched_getaffinity(0)),
         "threads": torch.get_num_threads(),
         "clips_per_second": {str(k): round(v, 1) for k, v in loading.items()},
+        "clips_per_second_in_process_one_thread": round(single_thread, 1),
         "speedup": {str(k): round(v / loading[workers[0]], 2) for k, v in loading.items()},
         "median_step_seconds": {f"{k} workers": round(v, 4) for k, v in step.items()} | {"compute only": round(compute, 4)},
         "hidden": round((step[0] - step[most]) / loading_time, 2) if loading_time > 0 and most else None,
@@ -118,6 +128,9 @@ def format_result(result: dict[str, Any]) -> str:
     ]
     for count, rate in result["clips_per_second"].items():
         lines.append(f"| {count} | {rate} | {result['speedup'][count]}x |")
+    one = result["clips_per_second_in_process_one_thread"]
+    base = next(iter(result["clips_per_second"].values()))
+    lines.append(f"| 0, one torch thread (as a worker runs) | {one} | {one / base:.2f}x |")
     lines += ["", "| training step (median) | seconds |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in result["median_step_seconds"].items()]
     hidden = result["hidden"]
