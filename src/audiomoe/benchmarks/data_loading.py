@@ -134,7 +134,10 @@ def format_result(result: dict[str, Any]) -> str:
     lines += ["", "| training step (median) | seconds |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in result["median_step_seconds"].items()]
     hidden = result["hidden"]
-    if hidden is not None and hidden > 0:
+    if hidden is not None and hidden > 1:
+        lines += ["", f"workers hide all of the loading time per step (measured {100 * hidden:.0f}%: the step with "
+                  "workers ran faster than compute alone, i.e. step times vary more than loading costs here)"]  # fmt: skip
+    elif hidden is not None and hidden > 0:
         lines += ["", f"workers hide {100 * hidden:.0f}% of the loading time per step"]
     elif hidden is not None:
         lines += ["", f"workers hide none of the loading time here ({100 * hidden:.0f}%): with "
