@@ -165,8 +165,13 @@ def test_gzip_jsonl_trains_and_a_decode_failure_without_skip_stops_with_one_line
     (tmp_path / "tasks.yaml").write_text(TASKS_YAML)
     source = str(tmp_path / "train.jsonl.gz")
     assert cli(["data", "validate", source, "--tasks", str(tmp_path / "tasks.yaml")]) == 0
-    summary, report, _ = train_and_eval(tmp_path, source)
-    assert summary["skipped_clips"] == 0 and report["tasks"]["emotion"]["n"] == 6
+    # a weighted source and duration-budget batches, through the config as a user writes them
+    summary, run = train(tmp_path, f"{{path: {source}, weight: 2}}", ", max_batch_seconds: 2.0")
+    saved = (run / "config.yaml").read_text()
+    assert "weight: 2.0" in saved and "max_batch_seconds: 2.0" in saved
+    assert summary["skipped_clips"] == 0 and summary["train_items"] == 6
+    report = evaluate(tmp_path, run, source)
+    assert report["tasks"]["emotion"]["n"] == 6
 
     (tmp_path / "clips" / "c2.wav").write_bytes(b"not audio")
     config = tmp_path / "fail.yaml"
