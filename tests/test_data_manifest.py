@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -47,6 +48,9 @@ def test_every_schema_parses_to_the_same_record(tmp_path: Path) -> None:
         path.write_text(json.dumps(obj) + "\n")
         (record,) = read_manifest(path)
         records.append(record)
+    # the system prompt is kept (the conversation travels whole); everything else is the same record
+    assert records[2].messages is not None and records[2].messages[0]["content"] == "You are helpful."
+    records[2] = dataclasses.replace(records[2], messages=None, audios=None)
     assert records[0] == records[1] == records[2]
     assert records[0].audio == str(tmp_path / "a.wav")  # relative path resolved against the manifest folder
     assert records[0].transcript == "hello world"
@@ -61,7 +65,7 @@ def test_validate_reports_each_bad_line_and_exits_nonzero(tmp_path: Path, capsys
         json.dumps(good),  # 1 ok
         "{not json",  # 2 bad JSON
         json.dumps({"foo": 1}),  # 3 unknown schema
-        json.dumps({**good, "key": "k4", "task": "nope"}),  # 4 unknown task
+        json.dumps({**good, "key": "k4", "start": -0.5}),  # 4 bad segment start (an unknown task is no error)
         json.dumps({**good, "key": "k5", "audio": "missing.wav"}),  # 5 missing file
         json.dumps({**good, "key": "k6", "audio": "garbage.wav"}),  # 6 undecodable
         json.dumps({**good, "key": "k7", "audio": "silent.wav"}),  # 7 silent
@@ -80,7 +84,7 @@ def test_validate_reports_each_bad_line_and_exits_nonzero(tmp_path: Path, capsys
     expected = {
         2: "not valid JSON",
         3: "unknown schema",
-        4: "unknown task",
+        4: "'start' must be",
         5: "not found",
         6: "cannot decode",
         7: "silent",
@@ -143,3 +147,47 @@ def test_a_registered_schema_reads_a_users_own_manifest_format(tmp_path: Path) -
     finally:
         manifest.SCHEMAS.clear()
         manifest.SCHEMAS.update(saved)
+
+
+def test_preflight_decodes_every_audio_of_a_multi_audio_record_and_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audiomoe.data.preflight import preflight
+
+    monkeypatch.setenv("AUDIOMOE_PREFLIGHT_CACHE", str(tmp_path / "cache.json"))
+    _tone(tmp_path / "a.wav")
+    (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVE not audio")
+    turns = [
+        {"role": "user", "content": "<audio> vs <audio>: same speaker?"},
+        {"role": "assistant", "content": "no"},
+    ]
+    lines = [
+        {"key": "pair", "messages": turns, "audios": ["a.wav", "broken.wav"]},  # the second audio is bad
+        {"key": "seg1", "audio": "a.wav", "task": "transcribe", "answer": "x", "start": 0.0, "duration": 0.4},
+        {"key": "seg2", "audio": "a.wav", "task": "transcribe", "answer": "y", "start": 0.5, "duration": 0.4},
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    loaded = load_manifest(manifest)
+
+    report = preflight([loaded], on_bad_line="skip")
+    assert [r.key for r in report.records[0]] == ["seg1", "seg2"]
+    assert [(p.line, "broken.wav" in p.reason) for p in report.problems] == [(1, True)]
+    assert (report.decoded, report.cached) == (1, 0)  # a.wav once for the pair and both segments
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1: .*broken\.wav"):
+        preflight([loaded], on_bad_line="fail")
+
+
+def test_resume_fingerprint_takes_source_mappings(tmp_path: Path) -> None:
+    from audiomoe.data.sources import Source
+    from audiomoe.training.config import TrainConfig
+    from audiomoe.training.fingerprint import config_fingerprint
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"key": "a", "audio": "a.wav", "task": "transcribe", "answer": "x"}\n')
+    plain, weighted = TrainConfig(), TrainConfig()
+    plain.data.train = [str(manifest)]
+    weighted.data.train = [Source(str(manifest), weight=2.0)]
+    print_plain = config_fingerprint(plain)["data.train[0]"]
+    assert print_plain.startswith("m.jsonl (") and "sha256" in print_plain
+    assert config_fingerprint(weighted)["data.train[0]"] == f"{print_plain} [weight 2]"

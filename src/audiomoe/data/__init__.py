@@ -7,8 +7,12 @@ Modules:
     sampler: ``BucketBatchSampler`` (duration buckets, seed + epoch, rank shards, resumable), ``padding_fraction``.
     corpus: ``build_corpus`` (speech via espeak-ng, music and sounds in numpy, mixtures), ``CorpusSummary``.
     importers: ``import_folder`` (labels from file names or a CSV).
+    sources: ``Source`` (path, weight, columns, task) and the ``FORMATS`` registry (JSONL / JSONL.gz fallback).
+    formats: the field's formats as registry entries (datasets save_to_disk / parquet / arrow; lhotse cuts and
+        NeMo manifests as schemas), registered when this package is imported.
 """
 
+from audiomoe.data import formats  # noqa: F401  (registers the formats and schemas)
 from audiomoe.data.audio import AudioError, load_audio
 from audiomoe.data.manifest import (
     AudioRecord,
@@ -19,6 +23,7 @@ from audiomoe.data.manifest import (
     write_manifest,
 )
 from audiomoe.data.sampler import BucketBatchSampler, padding_fraction
+from audiomoe.data.sources import Source
 from audiomoe.data.tasks import TASK_GROUPS, TASKS, Task, get_task
 
 __all__ = [
@@ -29,6 +34,7 @@ __all__ = [
     "BucketBatchSampler",
     "ManifestError",
     "ManifestProblem",
+    "Source",
     "Task",
     "get_task",
     "load_audio",

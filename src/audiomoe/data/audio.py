@@ -122,8 +122,11 @@ def load_audio(
     path: str | Path,
     sampling_rate: int = 16000,
     silence_peak: float = SILENCE_PEAK,
+    start: float = 0.0,
+    duration: float | None = None,
 ) -> np.ndarray:
-    """Decode ``path`` to mono float32 ``(T,)`` at ``sampling_rate`` Hz.
+    """Decode ``path`` (or its segment from ``start`` seconds, lasting ``duration``; None = to the end) to mono
+    float32 ``(T,)`` at ``sampling_rate`` Hz.
 
     Formats are whatever the installed libsndfile reads (wav, flac, ogg, and mp3 for libsndfile >= 1.1).
     Raises AudioError (a ValueError) naming the file for any clip that cannot be used as is.
@@ -133,15 +136,28 @@ def load_audio(
     problem = _wav_truncation(path)
     if problem:
         raise AudioError(f"{path}: {problem}; copy or export the file again")
+    first = round(start * info.sampling_rate)
+    wanted = info.frames - first if duration is None else round(duration * info.sampling_rate)
+    where = (
+        str(path)
+        if not (start or duration)
+        else f"{path} [{start:.3f} s +{wanted / info.sampling_rate:.3f} s]"
+    )
+    # a segment may end up to one 20 ms frame past the end (rounding in the tools that wrote the cut)
+    if first < 0 or first + wanted > info.frames + info.sampling_rate // 50:
+        raise AudioError(
+            f"{where}: segment outside the file ({info.duration:.3f} s long); fix start/duration in the manifest"
+        )
+    wanted = min(wanted, info.frames - first)
     try:
-        wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        wave, sr = sf.read(str(path), dtype="float32", always_2d=True, start=first, frames=wanted)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise AudioError(
             f"{path}: cannot decode ({err}); convert it to WAV or FLAC, e.g. `sox IN OUT.wav`"
         ) from None
-    if info.frames and len(wave) < info.frames:
-        raise AudioError(f"{path}: truncated ({len(wave)} of {info.frames} frames decoded); export it again")
-    check_waveform(wave, str(path), silence_peak)
+    if info.frames and len(wave) < wanted:
+        raise AudioError(f"{where}: truncated ({len(wave)} of {wanted} frames decoded); export it again")
+    check_waveform(wave, where, silence_peak)
     return resample(to_mono(wave), int(sr), sampling_rate)
 
 

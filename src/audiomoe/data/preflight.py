@@ -34,7 +34,8 @@ def default_cache_path() -> Path:
 
 @dataclass
 class PreflightReport:
-    """What the pass found: the usable records per manifest, the bad clips, and how many were decoded now."""
+    """What the pass found: the usable records per manifest, the bad clips, and how many files were decoded now
+    (``decoded``) or known good (``cached``)."""
 
     records: list[list[AudioRecord]]
     problems: list[ManifestProblem] = field(default_factory=list)
@@ -97,18 +98,24 @@ def preflight(
     cache_path = cache_path or default_cache_path()
     known = _read_cache(cache_path)
     jobs = [(i, j, rec) for i, load in enumerate(loads) for j, rec in enumerate(load.records)]
+    # every file of every record (several for a multi-audio record), each decoded once: segments of one long
+    # file (lhotse cuts, NeMo offsets) share it, and decoding the whole file checks every segment's bytes
+    paths = list(dict.fromkeys(path for _, _, record in jobs for path in record.paths))
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda job: _check(job[2].audio, known), jobs))
+        checked = dict(zip(paths, pool.map(lambda path: _check(path, known), paths)))
     report = PreflightReport(records=[[] for _ in loads])
-    for (i, j, record), (digest, duration, problem) in zip(jobs, results):
+    for digest, duration, problem in checked.values():
         if problem is None:
-            report.records[i].append(record)
             if duration is None:
                 report.cached += 1
             else:
                 report.decoded += 1
                 known[digest] = round(duration, 4)
+    for i, j, record in jobs:
+        problem = next((checked[p][2] for p in record.paths if checked[p][2] is not None), None)
+        if problem is None:
+            report.records[i].append(record)
             continue
         load = loads[i]
         report.problems.append(ManifestProblem(load.path, load.lines[j] if load.lines else 0, problem))

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from audiomoe.data.manifest import AudioRecord, read_manifest
+from audiomoe.data.tasks import TASKS_FILE_NAME, load_tasks_file
 from audiomoe.evaluation.mcq import load_mcq_json
 from audiomoe.evaluation.metrics import compute_metric
 from audiomoe.evaluation.runner import (
@@ -24,8 +25,18 @@ from audiomoe.models.batching import RecordBatcher
 from audiomoe.models.feature_cache import FeatureCache
 
 
+def load_model_tasks(model_dir: str | Path) -> None:
+    """Register the tasks a model was trained with (``MODEL/tasks.yaml``, written by training), so it is scored
+    with them; a ``--tasks`` file that defines one of them differently is an error."""
+    saved = Path(model_dir) / TASKS_FILE_NAME
+    if saved.is_file():
+        load_tasks_file(saved)
+
+
 def load_model(model_dir: str | Path) -> Any:
     from audiomoe.models.lalm import AudioLanguageModel
+
+    load_model_tasks(model_dir)
 
     model = AudioLanguageModel.from_pretrained(model_dir)
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()

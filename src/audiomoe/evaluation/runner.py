@@ -1,10 +1,11 @@
 """Evaluate an LALM on manifest records: batched generation, per-task metrics, task-group and per-attribute
 breakdowns, per-item scores, and the modality gap (same items with the transcript as text in place of the audio).
 
-Scores. Each task is scored with the metric its registry entry names (``wer`` for transcription, ``accuracy``
-otherwise), answers normalised by the task's own ``normalize``. To average tasks into groups, a task's ``score``
-is its metric's value, or ``max(0, 1 - value)`` for a lower-is-better metric (the direction is on the metric's
-registry entry: ``register_metric("wer", higher_is_better=False)``); a group's score is the mean over its tasks.
+Scores. Each task is scored with the metric its registry entry names, with the task's answer normaliser (labels,
+a named one) and each item's language (the record's ``language`` attribute, else the task's). To average tasks
+into groups, a task's ``score`` is its metric's value on a 0-1 higher-is-better scale: direction and scale are on
+the metric's registry entry (``register_metric("wer", higher_is_better=False)``, ``scale=100`` for BLEU), so no
+metric is special-cased here; a group's score is the mean over its tasks.
 
 Items. A report also lists every item's sufficient statistics (``items``, see :func:`score_items`), so that
 :mod:`audiomoe.evaluation.stats` can resample items and recompute every score above exactly.
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from audiomoe.data.manifest import AudioRecord
 from audiomoe.data.tasks import get_task
-from audiomoe.evaluation.metrics import HIGHER_IS_BETTER, compute_metric, error_counts, primary_value
+from audiomoe.evaluation.metrics import ITEM_STATS, compute_metric, primary_value, task_value_to_score
 from audiomoe.models.batching import RecordBatcher
 from audiomoe.tensors import to_device
 
@@ -67,21 +68,27 @@ def generate_answers(
 
 
 def task_score(metric: str, scores: dict[str, float]) -> float:
-    """One higher-is-better number per task (see the module docstring): the metric's headline value, or
-    ``max(0, 1 - value)`` for a metric registered with ``higher_is_better=False`` (WER, CER)."""
-    value = primary_value(metric, scores)
-    return value if HIGHER_IS_BETTER[metric] else max(0.0, 1.0 - value)
+    """One 0-1 higher-is-better number per task (see the module docstring): the metric's headline value divided
+    by its scale, or ``max(0, 1 - value / scale)`` for a metric registered with ``higher_is_better=False``."""
+    return task_value_to_score(metric, primary_value(metric, scores))
+
+
+def item_language(record: AudioRecord) -> str:
+    """The language a record's answer is in: its ``language`` attribute, else its task's (``""`` = unknown)."""
+    return record.attributes.get("language") or get_task(record.task).language
 
 
 def score_items(
-    keys: Sequence[str], tasks: Sequence[str], predictions: Sequence[str], answers: Sequence[str]
-) -> list[dict[str, Any]]:
+    keys: Sequence[str], tasks: Sequence[str], predictions: Sequence[str], answers: Sequence[str],
+    languages: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
     """One entry per item, in order: ``{key, task, group, metric}`` plus the item's sufficient statistics.
 
-    WER tasks: ``errors`` and ``words`` (edit distance and reference word count after the same two
-    normalisations as the task-level WER), so that a task's ``sum(errors) / sum(words)`` is its corpus WER
-    exactly. Accuracy tasks: ``correct`` (0 / 1, exact match after the task's ``normalize``), whose mean is the
-    task's accuracy. Tasks scored with another metric get no per-item statistics (``compare`` refuses them).
+    The statistics come from the metric's registry entry (``items=``): WER tasks ``errors`` and ``words`` (edit
+    distance and reference word count after the same normalisation as the task-level WER), so that a task's
+    ``sum(errors) / sum(words)`` is its corpus WER exactly; CER ``errors`` and ``chars``; accuracy and exact
+    match ``correct`` (0 / 1), whose mean is the task's score. Metrics without per-item statistics (macro-F1,
+    BLEU) give none (``compare`` refuses them).
     """
     if not len(keys) == len(tasks) == len(predictions) == len(answers):
         raise ValueError(
@@ -95,14 +102,13 @@ def score_items(
         task = get_task(name)
         for i in indices:
             items[i] = {"key": keys[i], "task": name, "group": task.group, "metric": task.metric}
-        preds = [task.normalize(predictions[i]) for i in indices]
-        refs = [task.normalize(answers[i]) for i in indices]
-        if task.metric == "wer":
-            for i, (errors, words) in zip(indices, error_counts(preds, refs, "wer")):
-                items[i] |= {"errors": errors, "words": words}
-        elif task.metric == "accuracy":
-            for i, p, r in zip(indices, preds, refs):
-                items[i]["correct"] = int(p == r)
+        stats = ITEM_STATS.get(task.metric)
+        if stats is None:
+            continue
+        preds, refs = [predictions[i] for i in indices], [answers[i] for i in indices]
+        langs = [languages[i] if languages else task.language for i in indices]
+        for i, entry in zip(indices, stats(preds, refs, normalize=task.scoring_normalizer, languages=langs)):
+            items[i] |= entry
     return items
 
 
@@ -118,12 +124,10 @@ def score_predictions(records: Sequence[AudioRecord], predictions: Sequence[str]
 
         def scored(subset: list[int], task: Any = task) -> dict[str, float]:
             preds, refs = [predictions[i] for i in subset], [records[i].answer for i in subset]
-            if task.metric == "wer":
-                # The task's normaliser first (e.g. digits as words), then Whisper's inside the WER metric.
-                return compute_metric(
-                    "wer", [task.normalize(p) for p in preds], [task.normalize(r) for r in refs]
-                )
-            return compute_metric(task.metric, preds, refs, normalize=task.normalize)
+            langs = [item_language(records[i]) for i in subset]
+            return compute_metric(
+                task.metric, preds, refs, normalize=task.scoring_normalizer, languages=langs
+            )
 
         result = scored(indices)
         tasks[name] = {
@@ -153,7 +157,11 @@ def score_predictions(records: Sequence[AudioRecord], predictions: Sequence[str]
         "attributes": attributes,
         "n": len(records),
         "items": score_items(
-            [r.key for r in records], [r.task for r in records], predictions, [r.answer for r in records]
+            [r.key for r in records],
+            [r.task for r in records],
+            predictions,
+            [r.answer for r in records],
+            [item_language(r) for r in records],
         ),
     }
 

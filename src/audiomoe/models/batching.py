@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from audiomoe.data.audio import load_audio
-from audiomoe.data.manifest import AudioRecord
+from audiomoe.data.manifest import AudioRecord, load_record_clips
+from audiomoe.models.conversation import as_conversation, conversation_batch, generation_prompt
 from audiomoe.models.feature_cache import FeatureCache
 from audiomoe.models.processor import AudioLanguageProcessor
 
@@ -53,20 +53,45 @@ class RecordBatcher:
         return self.batch(records, [r.instruction for r in records], with_answers)
 
     def batch(
-        self, records: Sequence[AudioRecord], prompts: Sequence[str], with_answers: bool = True
+        self,
+        records: Sequence[AudioRecord],
+        prompts: Sequence[str],
+        with_answers: bool = True,
+        clips: Sequence[Any] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Prompts (without ``<audio>`` tag) about the records' clips; answers from the records if asked."""
+        """Prompts (without ``<audio>`` tag) about the records' clips; answers from the records if asked.
+        ``clips``: the records' waveforms when the caller already decoded them (a list of ``(T,)`` arrays per
+        record). Records holding a whole conversation (``messages``) bring their own prompt: trained with the loss
+        on every assistant turn, asked their last question at evaluation."""
         answers = [r.answer for r in records] if with_answers else None
+        conversational = any(r.messages for r in records)
         if self.cache is None or self._cached_processor is None:
-            rate = self.processor.config.sampling_rate
-            clips = [[load_audio(r.audio, rate)] for r in records]
-            return self.processor(list(prompts), clips, answers=answers)
+            if clips is None:
+                clips = [self.load(r) for r in records]
+            if not conversational:
+                return self.processor(list(prompts), list(clips), answers=answers)
+            tag = self.processor.config.audio_tag
+            if with_answers:
+                conversations = [
+                    r.messages or as_conversation(p, r.answer, len(c), tag) for r, p, c in zip(records, prompts, clips)
+                ]  # fmt: skip
+                return conversation_batch(self.processor, conversations, clips)
+            asked = [generation_prompt(r.messages) if r.messages else p for r, p in zip(records, prompts)]
+            return self.processor(asked, list(clips), answers=None)
+        if conversational:
+            raise ValueError(
+                "the feature cache holds one clip per record: drop it for multi-turn / multi-audio data"
+            )
         hidden, mask, lengths = self.cache.batch([r.audio for r in records])
         batch = self._cached_processor(list(prompts), [[n] for n in lengths.tolist()], answers=answers)
         batch.pop("audio_features", None)
         batch.pop("audio_lengths", None)
         batch["encoder_hidden"], batch["encoder_mask"] = hidden, mask
         return batch
+
+    def load(self, record: AudioRecord) -> list[Any]:
+        """The record's clips at the model's sampling rate, in tag order (AudioError for one that cannot be used)."""
+        return load_record_clips(record, self.processor.config.sampling_rate)
 
     def text_batch(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Text-only prompts (the modality-gap evaluation), left-padded for generation."""

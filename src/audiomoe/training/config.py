@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from audiomoe.config import ConfigError, load_config, resolve_config
+from audiomoe.data.sources import Source
 from audiomoe.plugins import load_plugins, locate
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -35,10 +36,19 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    """Manifests and batching. Batches are bucketed by duration; ``batch_size`` is per process and per micro-step."""
+    """Manifests and batching. Batches are bucketed by duration; ``batch_size`` is per process and per micro-step.
+    A ``train`` / ``dev`` entry is a path (JSONL(.gz), datasets directory, parquet, arrow, lhotse cuts, NeMo) or
+    ``{path, weight, columns, task}`` (:class:`~audiomoe.data.sources.Source`); ``tasks`` are tasks files."""
 
-    train: list[str] = field(default_factory=list)
-    dev: list[str] = field(default_factory=list)
+    train: list[str | Source] = field(default_factory=list)
+    dev: list[str | Source] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    # DataLoader worker processes decoding audio and computing features (0 = in the training process)
+    num_workers: int = 0
+    # > 0: batches hold up to this many seconds of audio (padded), batch_size is then only an upper bound
+    max_batch_seconds: float = 0.0
+    # with max_batch_seconds: a clip of d seconds costs d + d**2 / quadratic_duration (attention; 0 = linear)
+    quadratic_duration: float = 0.0
     batch_size: int = 8
     eval_batch_size: int = 16
     # Periodic dev eval (generation) uses at most this many items; the full evaluation is `audiomoe eval`.

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from audiomoe.config import ConfigError, to_dict
+from audiomoe.data.sources import Source, as_source
 from audiomoe.training.checkpoint import sha256_of
 from audiomoe.training.config import TrainConfig
 
@@ -47,17 +48,29 @@ def config_fingerprint(
         for part in key.split("."):
             value = value[part]
         _flatten(value, key, out)
-    for index, manifest in enumerate(config.data.train):
-        path = Path(manifest)
-        out[f"data.train[{index}]"] = (
-            f"{path.name} ({path.stat().st_size} bytes, sha256 {sha256_of(path)[:16]})"
-            if path.is_file()
-            else str(path)
-        )
+    for index, spec in enumerate(config.data.train):
+        out[f"data.train[{index}]"] = _source_fingerprint(as_source(spec))
     if train_items is not None:
         out["data.train_items"] = train_items
     out["world_size"] = world_size
     return out
+
+
+def _source_fingerprint(source: Source) -> str:
+    """A manifest file by size and sha256, a dataset directory by its files' sizes, plus what a source mapping
+    changes (weight, columns, default task); a plain path keeps the fingerprint of earlier runs."""
+    path = Path(source.path)
+    if path.is_file():
+        text = f"{path.name} ({path.stat().st_size} bytes, sha256 {sha256_of(path)[:16]})"
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        text = f"{path.name}/ ({len(files)} files, {sum(p.stat().st_size for p in files)} bytes)"
+    else:
+        text = str(path)
+    extras = [f"weight {source.weight:g}"] if source.weight != 1.0 else []
+    extras += [f"columns {dict(sorted(source.columns.items()))}"] if source.columns else []
+    extras += [f"task {source.task}"] if source.task else []
+    return f"{text} [{', '.join(extras)}]" if extras else text
 
 
 def fingerprint_diff(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -18,15 +18,17 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from audiomoe.config import deep_merge, from_dict, load_config, to_dict
-from audiomoe.data.manifest import AudioRecord, ManifestLoad, load_manifest
+from audiomoe.data.manifest import AudioRecord, ManifestLoad
 from audiomoe.data.preflight import preflight
-from audiomoe.data.sampler import BucketBatchSampler
+from audiomoe.data.sources import as_source
+from audiomoe.data.tasks import TASKS_FILE_NAME, load_tasks_files, saved_tasks, write_tasks_file
 from audiomoe.evaluation.runner import GenerationSettings, generate_answers, score_predictions
 from audiomoe.models.batching import RecordBatcher, count_frames
 from audiomoe.models.directory import MODEL_DIR
@@ -37,7 +39,14 @@ from audiomoe.training import checkpoint as ckpt
 from audiomoe.training.config import ModelSection, TrainConfig
 from audiomoe.training.distributed import DistEnv, barrier, default_device, init_distributed, shutdown
 from audiomoe.training.fingerprint import check_resume, config_fingerprint
-from audiomoe.training.stream import BatchStream
+from audiomoe.training.loading import (
+    LoaderStream,
+    build_plan,
+    by_source,
+    decode_batch,
+    fill_durations,
+    read_sources,
+)
 from audiomoe.training.trainer import Trainer, seed_everything
 
 
@@ -64,19 +73,16 @@ def build_model(section: ModelSection) -> AudioLanguageModel:
     return AudioLanguageModel(resolve_lalm_config(section))
 
 
-def read_manifests(config: TrainConfig, paths: list[str]) -> list[ManifestLoad]:
-    """Each manifest parsed (bad lines fail or are skipped and summarised, as ``data.on_bad_line`` says)."""
-    loads = [
-        load_manifest(p, config.data.on_bad_line, max_text_chars=config.data.max_text_chars) for p in paths
-    ]
-    for load in loads:
-        if load.problems:
-            print(load.summary(), file=sys.stderr)
-    return loads
+def read_manifests(config: TrainConfig, specs: list[Any]) -> list[ManifestLoad]:
+    """Each source parsed (bad lines fail or are skipped and summarised, as ``data.on_bad_line`` says)."""
+    return read_sources(specs, config.data.on_bad_line, config.data.max_text_chars)
 
 
-def read_data(config: TrainConfig) -> tuple[list[AudioRecord], list[AudioRecord], dict[str, int]]:
-    """Train and dev records whose clips decode, and how many lines / clips were skipped per split."""
+def read_data(
+    config: TrainConfig,
+) -> tuple[list[AudioRecord], list[int], list[float], list[AudioRecord], dict[str, int]]:
+    """Train records whose clips decode with the source index of each and the sources' weights, the dev records,
+    and how many lines / clips were skipped per split."""
     train_loads, dev_loads = (
         read_manifests(config, config.data.train),
         read_manifests(config, config.data.dev),
@@ -95,13 +101,13 @@ def read_data(config: TrainConfig) -> tuple[list[AudioRecord], list[AudioRecord]
         skipped["dev_clips"] = len(report.problems) - skipped["train_clips"]
         print(f"preflight: {report.decoded} clips decoded, {report.cached} known good, {len(report.problems)} "
               f"skipped{' in ' + ', '.join(sorted(bad)) if bad else ''}", file=sys.stderr)  # fmt: skip
-    train_records = [r for records in kept[: len(train_loads)] for r in records]
-    dev_records = [r for records in kept[len(train_loads) :] for r in records]
+    train_records, origin = by_source(kept[: len(train_loads)])
+    dev_records, _ = by_source(kept[len(train_loads) :])
     if not train_records:
-        raise ValueError(
-            f"no usable training item in {', '.join(config.data.train)} (all lines were skipped)"
-        )
-    return train_records, dev_records, skipped
+        names = ", ".join(as_source(s).path for s in config.data.train)
+        raise ValueError(f"no usable training item in {names} (all lines were skipped)")
+    weights = [as_source(s).weight for s in config.data.train]
+    return train_records, origin, weights, dev_records, skipped
 
 
 def finite_json(value: Any) -> Any:
@@ -121,6 +127,11 @@ def open_cache(
     """The frozen-encoder cache, filled by rank 0 (the others wait, then read the same shards)."""
     if not config.data.feature_cache:
         return None
+    if any(r.start is not None for r in records):
+        raise ValueError(
+            "data.feature_cache keys clips by file, so it cannot hold segments (lhotse cuts, NeMo offsets) yet; "
+            "drop data.feature_cache for this data"
+        )
     cache = FeatureCache(config.data.feature_cache, model, dtype=config.data.feature_cache_dtype)
     if env.is_main:
         started = time.perf_counter()
@@ -180,16 +191,18 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
     if resume:
         precheck_resume(config, list(allow_changes or []), env.world_size)
     seed_everything(config.seed)
+    load_tasks_files(config.data.tasks)  # before the manifests: records name these tasks
     model = build_model(config.model)
-    train_records, dev_records, skipped = read_data(config)
+    train_records, origin, weights, dev_records, skipped = read_data(config)
     dev_records = dev_records[: config.data.max_dev_items]
+    durations_from_headers = fill_durations(train_records)
     cache = open_cache(config, model, train_records + dev_records, env)
     batcher = RecordBatcher(train_records, model.processor, cache)
-    durations = [r.duration or 0.0 for r in train_records]
-    sampler = BucketBatchSampler(
-        durations, config.data.batch_size, seed=config.seed, rank=env.rank, world_size=env.world_size
-    )
-    stream = BatchStream(sampler.batches, batcher.collate)
+    sampler = build_plan(train_records, origin, weights, config.data, config.seed, env.rank, env.world_size)
+    stream = LoaderStream(
+        sampler.batches, partial(decode_batch, batcher), config.data.num_workers,
+        skip_bad_clips=config.data.on_bad_line == "skip",
+    )  # fmt: skip
 
     evaluate = None
     if dev_records:
@@ -243,11 +256,18 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
             raise ckpt.CheckpointError(
                 f"refusing to save a model with non-finite weights to {model_dir} ({bad})"
             )
+        # the tasks it was trained with, so `audiomoe eval` scores them the same way without --tasks
+        tasks = saved_tasks(r.task for r in train_records + dev_records)
         try:
             with ckpt.write_errors_as_os_errors(model_dir):
                 exported.save_pretrained(model_dir)
         except OSError as err:
             raise ckpt.storage_error(err, model_dir, "the model") from None
+        for directory in (config.run_dir, model_dir) if tasks else ():
+            try:
+                write_tasks_file(tasks, directory / TASKS_FILE_NAME)
+            except OSError as err:
+                raise ckpt.storage_error(err, directory / TASKS_FILE_NAME, "the tasks file") from None
         summary = {
             "steps": result.step,
             "final_loss": result.last_loss,
@@ -258,9 +278,13 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
             "params": model.param_summary(),
             "feature_cache": str(cache.dir) if cache is not None else None,
             "train_items": len(train_records),
+            "durations_from_headers": durations_from_headers,
             "padding_fraction": round(sampler.padding_fraction(0), 4),
             "skipped": skipped,
             "non_finite_steps": result.non_finite_steps,
+            "num_workers": config.data.num_workers,
+            "skipped_clips": stream.skipped,
+            "skip_reasons": stream.reasons,
         }
         if result.eval_error:
             summary["dev_error"] = result.eval_error

@@ -476,6 +476,7 @@ class Trainer:
                         "grad_norm": float(grad_norm),
                         "frames_per_s": round(frames_per_s, 1),
                         "train_seconds": round(self.train_seconds, 3),
+                        **getattr(self.stream, "log_stats", dict)(),  # e.g. skipped_clips
                     }
                 )
                 bar.set_postfix(loss=f"{loss_value:.4f}", aux=f"{aux_value:.4f}", fps=f"{frames_per_s:.0f}")

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", action="append", help="a name per --checkpoint (default: the adapter type)")
     p.add_argument("--manifest", required=True, type=Path, help="records to probe with (a dev manifest)")
     p.add_argument("--out", required=True, type=Path, help="folder for the PNGs and analysis.json")
+    p.add_argument(
+        "--tasks", nargs="+", default=[], metavar="FILE", help="tasks files of the manifest's tasks"
+    )
     defaults = AnalysisConfig()
     p.add_argument(
         "--probe-batches", type=positive_int, default=defaults.probe_batches, help="probe batches per group"
@@ -61,6 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from audiomoe.data.tasks import TASKS_FILE_NAME, load_tasks_files
+
+    load_tasks_files(args.tasks)
+    for checkpoint in args.checkpoint:  # the tasks each model was trained with (model dir or run dir)
+        saved = [
+            p for p in (checkpoint / TASKS_FILE_NAME, checkpoint / "model" / TASKS_FILE_NAME) if p.is_file()
+        ]
+        load_tasks_files(saved[:1])
     if args.label and len(args.label) != len(args.checkpoint):
         raise ValueError(
             f"{len(args.label)} --label for {len(args.checkpoint)} --checkpoint; give one per checkpoint"

@@ -1,6 +1,7 @@
 """``audiomoe bench adapter`` (adapter speed, see audiomoe.benchmarks.adapter_speed), ``audiomoe bench
-contention`` (training speed with one core busy, see audiomoe.benchmarks.contention) and ``audiomoe bench serve``
-(server throughput with dynamic batching, see audiomoe.benchmarks.serve)."""
+contention`` (training speed with one core busy, see audiomoe.benchmarks.contention), ``feature-cache``,
+``serve`` (server throughput with dynamic batching, see audiomoe.benchmarks.serve) and ``data`` (loading in
+DataLoader workers, see audiomoe.benchmarks.data_loading)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
     s.add_argument("--json", type=Path, help="write the numbers here")
     s.set_defaults(func=run_serve)
+    d = which.add_parser(
+        "data", help="clips/s of decoding + features with 0/1/2 DataLoader workers, step time hidden"
+    )
+    d.add_argument("--clips", type=int, default=32)
+    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    d.add_argument("--steps", type=int, default=4, help="measured training steps per arm")
+    d.add_argument("--preset", default="tiny")
+    d.add_argument("--manifest", default="", help="clips of this manifest instead of generated ones")
+    d.add_argument("--json", type=Path, help="write the numbers here")
+    d.set_defaults(func=run_data)
 
 
 def run_adapter(args: argparse.Namespace) -> int:
@@ -109,6 +121,13 @@ def run_serve(args: argparse.Namespace) -> int:
         args.adapter, args.threads, args.precision,
     )  # fmt: skip
     return report(result, format_report(result), args.json)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from audiomoe.benchmarks.data_loading import format_result, run_benchmark
+
+    result = run_benchmark(args.clips, args.batch_size, args.workers, args.steps, args.preset, args.manifest)
+    return report(result, format_result(result), args.json)
 
 
 def report(result: dict, text: str, json_path: Path | None) -> int:

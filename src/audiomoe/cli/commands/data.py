@@ -1,9 +1,11 @@
-"""``audiomoe data validate|import-folder``: check manifests line by line; make a manifest from a folder."""
+"""``audiomoe data validate|convert|import-folder``: check manifests line by line (any format), write any format
+as native JSONL, make a manifest from a folder of labelled recordings."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from audiomoe.cli.options import non_negative_float
 
@@ -15,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     val = sub.add_parser(
         "validate", help="check every line of manifests (JSON, schema, file, decode, duration)"
     )
-    val.add_argument("manifests", nargs="+", metavar="MANIFEST")
+    val.add_argument(
+        "manifests", nargs="+", metavar="MANIFEST", help="JSONL(.gz), datasets dir, parquet, arrow"
+    )
+    val.add_argument("--tasks", nargs="+", default=[], metavar="FILE", help="tasks files declaring the tasks")
     val.add_argument("--no-audio", action="store_true", help="skip decoding (only JSON, schema, file exists)")
     val.add_argument(
         "--max-duration",
@@ -26,19 +31,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     val.set_defaults(func=run_validate)
 
+    conv = sub.add_parser(
+        "convert", help="write any accepted format (datasets, lhotse, NeMo, ...) as native JSONL"
+    )
+    conv.add_argument("source", metavar="IN")
+    conv.add_argument("out", metavar="OUT", help="native JSONL to write (.gz compresses)")
+    conv.add_argument(
+        "--tasks", nargs="+", default=[], metavar="FILE", help="tasks files declaring the tasks"
+    )
+    conv.add_argument("--task", default="", help="task of records that name none")
+    conv.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
+                      help="tabular formats: read native FIELD from COLUMN (repeatable)")  # fmt: skip
+    conv.add_argument("--on-bad-line", choices=["fail", "skip"], default="fail")
+    conv.set_defaults(func=run_convert)
+
     imp = sub.add_parser("import-folder", help="make a manifest from a folder of labelled audio files")
     imp.add_argument("folder")
     src = imp.add_mutually_exclusive_group(required=True)
     src.add_argument("--pattern", help="file-name pattern, e.g. '{label}_{speaker}_{index}.wav'")
     src.add_argument("--csv", help="CSV with columns file,label[,attribute...] (paths relative to FOLDER)")
-    imp.add_argument("--task", required=True, help="task name (see audiomoe.data.tasks.TASKS)")
+    imp.add_argument("--task", required=True, help="task name (built in, or declared in --tasks)")
+    imp.add_argument("--tasks", nargs="+", default=[], metavar="FILE", help="tasks files declaring the task")
     imp.add_argument("--out", required=True, help="manifest to write (JSONL)")
     imp.set_defaults(func=run_import)
 
 
-def run_validate(args: argparse.Namespace) -> int:
-    from audiomoe.data.manifest import validate_manifest
+def load_tasks(paths: list[str]) -> None:
+    """Register the tasks files; a task whose metric is not registered is an error naming the file."""
+    from audiomoe.data.tasks import TasksFileError, load_tasks_file
+    from audiomoe.evaluation.metrics import METRICS
 
+    for path in paths:
+        for task in load_tasks_file(path):
+            if task.metric not in METRICS:
+                raise TasksFileError(
+                    f"{path}: tasks.{task.name}.metric: {task.metric!r} is not a metric; one of {sorted(METRICS)}"
+                )
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from audiomoe.data.manifest import ManifestError, load_manifest, validate_manifest
+    from audiomoe.data.tasks import TASKS, unknown_task_note
+
+    load_tasks(args.tasks)
     bad = 0
     for path in args.manifests:
         notes: list[str] = []
@@ -49,6 +84,13 @@ def run_validate(args: argparse.Namespace) -> int:
             print(problem)
         for note in notes:
             print(note, file=sys.stderr)
+        if Path(path).exists():
+            try:
+                names = {r.task for r in load_manifest(path, on_error="skip", check_files=False).records}
+            except (OSError, ManifestError):  # the file itself is bad: already reported as a problem
+                names = set()
+            for name in sorted(names - set(TASKS)):
+                print(f"{path}: note: {unknown_task_note(name)}", file=sys.stderr)
         lines = {p.line for p in problems}
         bad += len(lines)
         status = "ok" if not problems else f"{len(lines)} bad line(s)"
@@ -56,9 +98,27 @@ def run_validate(args: argparse.Namespace) -> int:
     return 2 if bad else 0  # bad input (the error contract: 1 is only for bugs)
 
 
+def run_convert(args: argparse.Namespace) -> int:
+    from audiomoe.data.manifest import load_manifest, write_manifest
+    from audiomoe.data.sources import Source
+
+    load_tasks(args.tasks)
+    pairs = [c.split("=", 1) for c in args.column]
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        raise ValueError(f"--column takes FIELD=COLUMN, got {args.column}")
+    source = Source(args.source, columns=dict(pairs), task=args.task)
+    loaded = load_manifest(source, on_error=args.on_bad_line)
+    if loaded.problems:
+        print(loaded.summary(), file=sys.stderr)
+    count = write_manifest(loaded.records, args.out)
+    print(f"wrote {count} records to {args.out}")
+    return 0
+
+
 def run_import(args: argparse.Namespace) -> int:
     from audiomoe.data.importers import import_folder
 
+    load_tasks(args.tasks)
     report = import_folder(args.folder, args.task, args.out, pattern=args.pattern, csv_path=args.csv)
     print(report.summary())
     print(f"wrote {args.out}")

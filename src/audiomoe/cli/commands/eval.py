@@ -30,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", nargs="+", help="JSONL manifest(s) to evaluate on")
     source.add_argument("--mcq", help="multiple-choice JSON in the MMAU / MMAR format")
+    parser.add_argument(
+        "--tasks", nargs="+", default=[], metavar="FILE",
+        help="tasks files declaring the manifests' tasks (the model's own tasks.yaml is read as well)",
+    )  # fmt: skip
     parser.add_argument("--json", help="write the full report (with predictions) here")
     parser.add_argument("--markdown", help="write the tables here (they are printed either way)")
     parser.add_argument("--modality-gap", action="store_true", help="also ask with the transcript as text")
@@ -45,9 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from audiomoe.data.tasks import load_tasks_files
     from audiomoe.evaluation.evaluate import evaluate_manifests, evaluate_mcq
     from audiomoe.models.directory import resolve_model_dir
 
+    load_tasks_files(args.tasks)
     model_dir = resolve_model_dir(args.checkpoint)
     options = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "limit": args.limit}
     threads = runtime.configure_threads(args.threads)
