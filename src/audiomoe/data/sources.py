@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -83,14 +82,6 @@ def register_format(name: str, detect: Detect) -> Callable[[Reader], Reader]:
 def is_gzip(path: Path) -> bool:
     with path.open("rb") as handle:
         return handle.read(2) == GZIP_MAGIC
-
-
-def open_text(path: str | Path) -> io.TextIOBase:
-    """A text handle on ``path``, gunzipped when its content is gzip (whatever the suffix)."""
-    path = Path(path)
-    if is_gzip(path):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")  # type: ignore[return-value]
-    return path.open(encoding="utf-8")  # type: ignore[return-value]
 
 
 def read_jsonl(path: Path, source: Source) -> Iterator[tuple[int, Item | bytes]]:
