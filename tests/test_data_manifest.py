@@ -191,3 +191,16 @@ def test_resume_fingerprint_takes_source_mappings(tmp_path: Path) -> None:
     print_plain = config_fingerprint(plain)["data.train[0]"]
     assert print_plain.startswith("m.jsonl (") and "sha256" in print_plain
     assert config_fingerprint(weighted)["data.train[0]"] == f"{print_plain} [weight 2]"
+
+
+def test_resume_fingerprint_sees_the_batch_budget_not_the_worker_count() -> None:
+    from audiomoe.training.config import TrainConfig
+    from audiomoe.training.fingerprint import config_fingerprint, fingerprint_diff
+
+    base, budget, workers = TrainConfig(), TrainConfig(), TrainConfig()
+    budget.data.max_batch_seconds = 60.0
+    workers.data.num_workers = 2
+    assert fingerprint_diff(config_fingerprint(base), config_fingerprint(budget)) == {
+        "data.max_batch_seconds": (0.0, 60.0)
+    }
+    assert fingerprint_diff(config_fingerprint(base), config_fingerprint(workers)) == {}

@@ -1,7 +1,7 @@
 """What must not change across a ``--resume``, and the one-line diff when it did.
 
 A fingerprint is a flat ``{dotted key: value}`` dict: the model section, optimizer and schedule, seed, steps,
-batch size, gradient accumulation, world size, and each training manifest's size and sha256 (plus the number of
+batch size and duration budget, gradient accumulation, world size, and each training manifest's size and sha256 (plus the number of
 training items kept). Logging, checkpointing, evaluation, precision and output settings are left out: they change
 nothing a checkpoint holds.
 
@@ -20,7 +20,12 @@ from audiomoe.training.checkpoint import sha256_of
 from audiomoe.training.config import TrainConfig
 
 # Sections and keys of TrainConfig that a checkpoint depends on.
-FINGERPRINT_KEYS = ("model", "optim", "schedule", "seed", "steps", "grad_accum", "data.batch_size")
+# The batch budget keys decide which clips share a batch, so the sampler's saved position means nothing under
+# another budget; data.num_workers does not (batches are the same with any worker count).
+FINGERPRINT_KEYS = (
+    "model", "optim", "schedule", "seed", "steps", "grad_accum", "data.batch_size", "data.max_batch_seconds",
+    "data.quadratic_duration",
+)  # fmt: skip
 # Changes no flag can make safe: the checkpoint's weights and optimizer state belong to this model.
 NEVER_CHANGEABLE = ("model", "world_size")
 
