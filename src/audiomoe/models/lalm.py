@@ -258,22 +258,47 @@ class AudioLanguageModel(nn.Module):
         labels: torch.Tensor | None = None,  # accepted so that model.generate(**batch) works; unused
     ) -> list[str]:
         """Batched greedy or sampled decoding with the LLM's KV cache; returns one answer string per sample."""
+        new_tokens, _ = self.generate_ids(
+            input_ids, attention_mask, audio_features, audio_lengths, encoder_hidden, encoder_mask,
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+        )  # fmt: skip
+        return self.processor.decode(new_tokens)
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        audio_features: torch.Tensor | None = None,
+        audio_lengths: torch.Tensor | None = None,
+        encoder_hidden: torch.Tensor | None = None,
+        encoder_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`generate`, but the new token ids ``(B, T)`` and their validity mask ``(B, T)`` (True up to
+        and including the first stop token; what on-policy objectives teacher-force)."""
         embeds, _ = self._input_embeds(input_ids, audio_features, audio_lengths, encoder_hidden, encoder_mask)
         # Decoding appends on the right, so every prompt must end at the last column: move padding to the left.
         order = torch.argsort(attention_mask, dim=1, stable=True)
         embeds = torch.gather(embeds, 1, order.unsqueeze(-1).expand_as(embeds))
         attention_mask = torch.gather(attention_mask, 1, order)
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        stops = self._stop_ids()
         new_tokens = self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
-            eos_token_id=self._stop_ids(),
+            eos_token_id=stops,
             pad_token_id=self.processor.pad_token_id,
             **sampling,
         )
-        return self.processor.decode(new_tokens)
+        is_stop = torch.isin(new_tokens, torch.tensor(stops, device=new_tokens.device))
+        valid = (is_stop.long().cumsum(-1) - is_stop.long()) == 0
+        return new_tokens, valid
 
     def _stop_ids(self) -> list[int]:
         tokenizer = self.processor.tokenizer

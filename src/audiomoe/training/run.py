@@ -29,6 +29,7 @@ from audiomoe.models.presets import build_preset
 from audiomoe.training import checkpoint as ckpt
 from audiomoe.training.config import ModelSection, TrainConfig
 from audiomoe.training.distributed import DistEnv, barrier, default_device, init_distributed, shutdown
+from audiomoe.training.objectives import build_objective
 from audiomoe.training.stream import BatchStream
 from audiomoe.training.trainer import Trainer, seed_everything
 
@@ -110,7 +111,8 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     init_distributed(env, device)  # before the feature cache: rank 0 fills it while the others wait
     seed_everything(config.seed)
     model = build_model(config.model)
-    train_records = read_records(config.data.train, config.data.on_bad_line)
+    objective = build_objective(config.objective)
+    train_records = objective.select(read_records(config.data.train, config.data.on_bad_line))
     dev_records = read_records(config.data.dev, config.data.on_bad_line)[: config.data.max_dev_items]
     cache = open_cache(config, model, train_records + dev_records, env)
     batcher = RecordBatcher(train_records, model.processor, cache)
@@ -118,7 +120,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
     sampler = BucketBatchSampler(
         durations, config.data.batch_size, seed=config.seed, rank=env.rank, world_size=env.world_size
     )
-    stream = BatchStream(sampler.batches, batcher.collate)
+    stream = BatchStream(sampler.batches, objective.collate(batcher))
 
     evaluate = None
     if dev_records:
@@ -154,6 +156,7 @@ def train(config: TrainConfig, resume: bool = False) -> RunResult:
         env=env,
         device=device,
         tracker=tracker,
+        objective=objective,
     )
     result = trainer.fit(resume=resume)
     model_dir = config.run_dir / MODEL_DIR
