@@ -159,3 +159,22 @@ def test_teacher_forcing_scores_the_rollout_tokens_the_model_generated(spoken: P
     with torch.no_grad():
         logits, _ = token_logits(model, prompt, ids, mask)
     assert torch.equal(logits.argmax(-1)[mask], ids[mask])
+
+
+def test_cord_step_trains_the_student_and_never_the_frozen_teacher(spoken: Path):
+    torch.manual_seed(0)
+    model = AudioLanguageModel(build_preset("tiny", "mlp")).train()
+    objective = build_objective(
+        ObjectiveSection(type="cord", teacher="frozen_init", max_new_tokens=4, group_size=2)
+    )
+    records = objective.select(read_manifest(spoken / "train.jsonl"))
+    batch = objective.collate(RecordBatcher(records, model.processor))([0, 1, 2])
+    out = objective(model, batch)
+    out.loss.backward()
+    teacher = objective.teacher(model)
+    assert teacher is not model and not any(p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    assert sum(float(p.grad.abs().sum()) for p in model.adapter.parameters() if p.grad is not None) > 0
+    terms = objective.log_terms()
+    assert terms["objective/topk_weight_share"] == pytest.approx(1.0)  # rollouts of <= 4 tokens: all in top-K
+    assert objective.log_terms() == {}  # reset after reading

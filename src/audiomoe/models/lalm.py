@@ -259,28 +259,25 @@ class AudioLanguageModel(nn.Module):
     ) -> list[str]:
         """Batched greedy or sampled decoding with the LLM's KV cache; returns one answer string per sample."""
         new_tokens, _ = self.generate_ids(
-            input_ids, attention_mask, audio_features, audio_lengths, encoder_hidden, encoder_mask,
-            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p,
+            max_new_tokens, do_sample, temperature, top_p, input_ids=input_ids, attention_mask=attention_mask,
+            audio_features=audio_features, audio_lengths=audio_lengths, encoder_hidden=encoder_hidden,
+            encoder_mask=encoder_mask,
         )  # fmt: skip
         return self.processor.decode(new_tokens)
 
     @torch.no_grad()
     def generate_ids(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        audio_features: torch.Tensor | None = None,
-        audio_lengths: torch.Tensor | None = None,
-        encoder_hidden: torch.Tensor | None = None,
-        encoder_mask: torch.Tensor | None = None,
-        max_new_tokens: int = 64,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+        **inputs: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """As :meth:`generate`, but the new token ids ``(B, T)`` and their validity mask ``(B, T)`` (True up to
-        and including the first stop token; what on-policy objectives teacher-force)."""
-        embeds, _ = self._input_embeds(input_ids, audio_features, audio_lengths, encoder_hidden, encoder_mask)
+        and including the first stop token; what on-policy objectives teacher-force). ``inputs``: the prompt
+        tensors :meth:`generate` takes (``input_ids``, ``attention_mask``, audio or encoder tensors)."""
+        attention_mask = inputs["attention_mask"]
+        embeds, _ = self._input_embeds(
+            inputs["input_ids"], *(inputs.get(k) for k in ("audio_features", "audio_lengths", "encoder_hidden",
+                                                            "encoder_mask"))
+        )  # fmt: skip
         # Decoding appends on the right, so every prompt must end at the last column: move padding to the left.
         order = torch.argsort(attention_mask, dim=1, stable=True)
         embeds = torch.gather(embeds, 1, order.unsqueeze(-1).expand_as(embeds))

@@ -238,40 +238,44 @@ class CORDObjective(_CrossModal):
 
 
 class _OffPolicy(_CrossModal):
-    """Baselines on teacher rollouts ŷ ~ p(·|text) at ``temperature``."""
+    """Baselines on teacher rollouts ŷ ~ p(·|text) at ``temperature``: ``loss(student logits, teacher logits,
+    rollout ids, mask)`` -> (per-rollout loss ``(B,)``, extra terms)."""
 
-    def teacher_rollouts(self, policy: nn.Module, text: dict[str, torch.Tensor]):
-        return self.sample(self.teacher(policy), text, self.config.temperature)
+    needs_teacher_logits = False
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
+        policy = unwrap(model)
+        audio, text = self.split(batch)
+        ids, mask = self.sample(self.teacher(policy), text, self.config.temperature)
+        logits, student_out = token_logits(model, audio, ids, mask)
+        teacher_logits = None
+        if self.needs_teacher_logits:
+            with torch.no_grad():
+                teacher_logits, _ = token_logits(self.teacher(policy), text, ids, mask)
+        per_rollout, terms = self.loss(logits, teacher_logits, ids, mask)
+        loss = per_rollout.mean()
+        self.record(token_loss=loss, rollout_tokens=mask.float().sum(-1).mean(), **terms)
+        return self.output(policy, loss, student_out)
+
+    def loss(self, logits, teacher_logits, ids, mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # noqa: ANN001
+        raise NotImplementedError
 
 
 @register_objective("forward_kl")
 class ForwardKLObjective(_OffPolicy):
     """``Σ_t KL(p(·|ŷ_<t, text) ‖ p(·|ŷ_<t, audio))`` over teacher rollouts (Eq. 13), batch mean."""
 
-    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
-        policy = unwrap(model)
-        audio, text = self.split(batch)
-        ids, mask = self.teacher_rollouts(policy, text)
-        logits, student_out = token_logits(model, audio, ids, mask)
-        with torch.no_grad():
-            teacher_logits, _ = token_logits(self.teacher(policy), text, ids, mask)
+    needs_teacher_logits = True
+
+    def loss(self, logits, teacher_logits, ids, mask):  # noqa: ANN001
         per_token = forward_kl(logits, teacher_logits) * mask
-        loss = per_token.sum(-1).mean()
-        self.record(token_loss=loss.detach(), mean_kl=per_token.sum() / mask.sum().clamp(min=1),
-                    rollout_tokens=mask.float().sum(-1).mean())  # fmt: skip
-        return self.output(policy, loss, student_out)
+        return per_token.sum(-1), {"mean_kl": per_token.sum() / mask.sum().clamp(min=1)}
 
 
 @register_objective("sft")
 class SFTObjective(_OffPolicy):
     """``−Σ_t log p(ŷ_t | ŷ_<t, audio)`` over teacher rollouts (Eq. 12), batch mean."""
 
-    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
-        policy = unwrap(model)
-        audio, text = self.split(batch)
-        ids, mask = self.teacher_rollouts(policy, text)
-        logits, student_out = token_logits(model, audio, ids, mask)
+    def loss(self, logits, teacher_logits, ids, mask):  # noqa: ANN001
         logp = logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
-        loss = -(logp * mask).sum(-1).mean()
-        self.record(token_loss=loss.detach(), rollout_tokens=mask.float().sum(-1).mean())
-        return self.output(policy, loss, student_out)
+        return -(logp * mask).sum(-1), {}
