@@ -29,7 +29,7 @@ def test_staggered_windows_wrap_around_and_count_exposure():
 
 def test_per_block_preset_equals_a_stack_of_moe_layers_with_the_same_experts():
     torch.manual_seed(0)
-    adapter = moue(**moue_preset("per_block", num_blocks=3, window=4), top_k=2)
+    adapter = moue(**moue_preset("per_block", num_blocks=3, experts_per_block=4), top_k=2)
     with torch.no_grad():
         adapter.depth.normal_()  # a nonzero depth embedding, so the reference must add it too
     x = torch.randn(10, 16)
@@ -89,15 +89,22 @@ def test_balance_losses_are_one_at_their_target(balance):
     assert adapter.balance_loss(skewed).item() > 1.5
 
 
-def test_presets_match_active_parameters_and_shared_pool_has_more_paths():
+def test_presets_match_parameters_and_reach_every_expert():
     counts = {}
     for kind in ("per_block", "staggered", "shared"):
-        adapter = moue(**moue_preset(kind, num_blocks=2, window=4), top_k=2)
-        counts[kind] = (adapter.param_counts(), adapter.routing_summary())
+        adapter = moue(**moue_preset(kind, num_blocks=4, experts_per_block=2), top_k=1)
+        counts[kind] = (adapter.param_counts(), adapter.routing_summary(), adapter.exposure().tolist())
     assert (
-        len({c.total for c, _ in counts.values()}) == 1 and len({c.active for c, _ in counts.values()}) == 1
+        len({c.total for c, _, _ in counts.values()}) == 1
+        and len({c.active for c, _, _ in counts.values()}) == 1
     )
-    assert counts["per_block"][1]["routing_paths"] == 36 and counts["shared"][1]["routing_paths"] == 28**2
+    assert (
+        counts["per_block"][2] == [1] * 8
+        and counts["staggered"][2] == [2] * 8
+        and counts["shared"][2] == [4] * 8
+    )
+    paths = [counts[k][1]["routing_paths"] for k in ("per_block", "staggered", "shared")]
+    assert paths == [2**4, 4**4, 8**4]  # C(W, 1)^L: virtual width grows at fixed active compute
 
 
 def test_bad_topology_is_a_one_line_config_error():

@@ -37,7 +37,7 @@ def test_dense_to_moe_equals_the_dense_adapter_and_breaks_symmetry_in_training(m
 def test_moue_widening_keeps_outputs_then_opens_the_new_reach():
     torch.manual_seed(0)
     per_block = build_adapter({"input_dim": 12, "output_dim": 16, "expert_hidden_dim": 8, "top_k": 2,
-                               **moue_preset("per_block", num_blocks=3, window=2)})  # fmt: skip
+                               **moue_preset("per_block", num_blocks=3, experts_per_block=2)})  # fmt: skip
     wide = widen_moue(per_block, window=4, widen_steps=2)
     assert adapter_difference(per_block, wide) < 1e-6
     assert wide.windows.sum(1).tolist() == [4, 4, 4] and (wide.window_bias < 0).sum() == 3 * 2

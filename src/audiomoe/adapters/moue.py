@@ -242,12 +242,15 @@ class MoUEAdapter(Adapter):
 
 
 def moue_preset(
-    kind: Literal["per_block", "staggered", "shared"], num_blocks: int = 2, window: int = 4
+    kind: Literal["per_block", "staggered", "shared"], num_blocks: int = 2, experts_per_block: int = 4
 ) -> dict:
-    """Topology presets at equal active parameters (k of W per block, same expert width): ``per_block`` (s = W,
-    M = L·W: plain per-block MoE), ``staggered`` (s = W/2, M = L·W: neighbours share half their window) and
-    ``shared`` (W = M = L·W: every block sees the whole pool)."""
-    pool = num_blocks * window
-    stride = {"per_block": window, "staggered": max(1, window // 2), "shared": pool}[kind]
-    return {"type": "moue", "num_blocks": num_blocks, "pool_size": pool,
-            "window": pool if kind == "shared" else window, "stride": stride}  # fmt: skip
+    """Topologies over the same pool ``M = L·E_b`` and stride ``s = E_b`` (so equal total and active parameters
+    with the same ``top_k`` and expert width): ``per_block`` (``W = E_b``: disjoint windows, a plain per-block MoE),
+    ``staggered`` (``W = 2·E_b``, capped at M: each window overlaps its neighbours' by half, every expert is
+    reachable from two blocks) and ``shared`` (``W = M``: every block sees the whole pool)."""
+    pool = num_blocks * experts_per_block
+    window = {"per_block": experts_per_block, "staggered": min(pool, 2 * experts_per_block), "shared": pool}[
+        kind
+    ]
+    return {"type": "moue", "num_blocks": num_blocks, "pool_size": pool, "window": window,
+            "stride": experts_per_block}  # fmt: skip
