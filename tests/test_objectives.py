@@ -136,7 +136,7 @@ def test_train_with_a_distillation_objective_logs_its_terms(spoken: Path, tmp_pa
             "objective.group_size=2", "objective.teacher=frozen_init"]  # fmt: skip
     assert cli(args) == 0
     assert (
-        "7 of 10 training items used; excluded 2 label not in the words (gender), 1 no transcript"
+        "7 of 10 training items used; excluded 2 label not in the words (gender 2), 1 no transcript"
         in capsys.readouterr().out
     )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -53,12 +53,15 @@ PROMPT_KEYS = (
 )
 
 
+NO_TRANSCRIPT, LABEL_NOT_IN_WORDS = "no transcript", "label not in the words"
+
+
 def usable_for_distillation(record: AudioRecord) -> str | None:
     """None if the item can be distilled across modalities, else why not."""
     if not record.transcript:
-        return "no transcript"
+        return NO_TRANSCRIPT
     if get_task(record.task).group != "semantic":
-        return f"label not in the words ({record.task})"
+        return LABEL_NOT_IN_WORDS
     return None
 
 
@@ -115,13 +118,18 @@ class _CrossModal(Objective):
         self.excluded: Counter[str] = Counter()
 
     def select(self, records: list[AudioRecord]) -> list[AudioRecord]:
-        kept = []
+        kept, unlabelled = [], Counter()
         for record in records:
             reason = usable_for_distillation(record)
             if reason is None:
                 kept.append(record)
-            else:
+            elif reason == NO_TRANSCRIPT:
                 self.excluded[reason] += 1
+            else:
+                unlabelled[record.task] += 1
+        if unlabelled:
+            tasks = ", ".join(f"{task} {n}" for task, n in unlabelled.most_common())
+            self.excluded[f"{LABEL_NOT_IN_WORDS} ({tasks})"] = sum(unlabelled.values())
         if self.excluded:
             why = ", ".join(f"{n} {reason}" for reason, n in self.excluded.most_common())
             print(f"objective {self.name}: {len(kept)} of {len(records)} training items used; excluded {why}")
