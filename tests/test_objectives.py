@@ -126,7 +126,7 @@ def spoken(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("objective", ["cord", "forward_kl", "sft"])
+@pytest.mark.parametrize("objective", ["cord", "forward_kl", "sft", "text_lm"])
 def test_train_with_a_distillation_objective_logs_its_terms(spoken: Path, tmp_path: Path, capsys, objective):
     out = tmp_path / "run"
     (tmp_path / "tiny.yaml").write_text("model: {preset: tiny}\n")
@@ -143,7 +143,7 @@ def test_train_with_a_distillation_objective_logs_its_terms(spoken: Path, tmp_pa
     train = [r for r in records if r.get("split", "train") == "train"]
     assert len(train) == 2 and all(np.isfinite(r["loss"]) for r in train)
     expected = {"cord": {"mean_kl", "token_loss", "topk_weight_share", "seq_loss", "reward_mean",
-                         "zero_signal_groups"}, "forward_kl": {"mean_kl", "token_loss"}, "sft": {"token_loss"}}  # fmt: skip
+                         "zero_signal_groups"}, "forward_kl": {"mean_kl", "token_loss"}, "sft": {"token_loss"}, "text_lm": set()}  # fmt: skip
     assert {f"objective/{k}" for k in expected[objective]} <= set(train[0])
     if objective == "cord":
         assert 0 <= train[0]["objective/reward_mean"] <= 1 and train[0]["objective/mean_kl"] >= 0

@@ -25,12 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers", type=int, help="runs side by side, one thread each (default: one per core)"
     )
+    parser.add_argument(
+        "--reuse", action="store_true", help="read back finished runs in --out instead of training them again"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from audiomoe.recipes.siblings import run_siblings
 
-    report = run_siblings(args.out, quick=args.quick, seeds=args.seeds, workers=args.workers)
+    report = run_siblings(
+        args.out, quick=args.quick, seeds=args.seeds, workers=args.workers, reuse=args.reuse
+    )
     print(f"\nreport: {args.out}/report.md ({report['wall_seconds']:.0f} s)")
     return 0

@@ -78,31 +78,34 @@ class SiblingJob:
     cache_dir: str
     eval_batch_size: int
     max_new_tokens: int
+    reuse: bool = False  # a finished run (its eval.json) is read back instead of trained again
 
 
 def run_job(job: SiblingJob) -> dict[str, Any]:
     run_dir = Path(job.train["out_dir"])
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # a fresh run: the report must describe this one
-    result = train(from_dict(TrainConfig, job.train))
-    model = AudioLanguageModel.from_pretrained(result.model_dir).eval()
-    generation = GenerationSettings(batch_size=job.eval_batch_size, max_new_tokens=job.max_new_tokens,
-                                    progress=False)  # fmt: skip
-    evaluated = evaluate_records(model, read_manifest(job.test_manifest), generation, modality=True,
-                                 cache=FeatureCache(job.cache_dir, model))  # fmt: skip
-    evaluated.update(arm=job.arm, seed=job.seed, checkpoint=str(result.model_dir))
-    (run_dir / EVAL_FILE).write_text(json.dumps(evaluated, indent=1) + "\n")
+    if not (job.reuse and (run_dir / EVAL_FILE).is_file()):
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # a fresh run: the report must describe this one
+        train(from_dict(TrainConfig, job.train))
+        model = AudioLanguageModel.from_pretrained(run_dir / "model").eval()
+        generation = GenerationSettings(batch_size=job.eval_batch_size, max_new_tokens=job.max_new_tokens,
+                                        progress=False)  # fmt: skip
+        evaluated = evaluate_records(model, read_manifest(job.test_manifest), generation, modality=True,
+                                     cache=FeatureCache(job.cache_dir, model))  # fmt: skip
+        evaluated.update(arm=job.arm, seed=job.seed, checkpoint=str(run_dir / "model"))
+        (run_dir / EVAL_FILE).write_text(json.dumps(evaluated, indent=1) + "\n")
+        del model
+        gc.collect()
+    summary = json.loads((run_dir / "summary.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     objective_terms = {k: v for k, v in metrics[-1].items() if k.startswith("objective/")} if metrics else {}
-    del model
-    gc.collect()
     return {
         "arm": job.arm,
         "seed": job.seed,
-        "train_seconds": result.summary["train_seconds"],
-        "final_loss": result.summary["final_loss"],
-        "eval_seconds": evaluated["seconds"],
-        "model_dir": str(result.model_dir),
+        "train_seconds": summary["train_seconds"],
+        "final_loss": summary["final_loss"],
+        "eval_seconds": json.loads((run_dir / EVAL_FILE).read_text())["seconds"],
+        "model_dir": str(run_dir / "model"),
         "eval": str(run_dir / EVAL_FILE),
         "last_objective_terms": objective_terms,
     }

@@ -9,8 +9,9 @@
 3. **Upcycling**: ``mlp-narrow`` (the MoE's expert width) trains ``steps/2`` steps, ``audiomoe upcycle``'s
    conversion makes it an MoE of the ``moe`` arm's shape, and it trains ``steps/2`` more: ``moe-upcycled`` vs the
    from-scratch ``moe`` at the same number of steps.
-4. **Distillation**: from each seed's ``moe`` model, ``cord``, ``forward_kl`` and ``sft`` train ``distill_steps``
-   steps on the semantic training items; the modality gap before (the ``moe`` model) and after, the gap reduction
+4. **Distillation**: each seed's ``moe`` model first trains ``text_steps`` steps of ``text_lm`` (the next-token
+   loss on the text view of the semantic items: the foundation alone does not make the text path competent), then
+   ``cord``, ``forward_kl`` and ``sft`` train ``distill_steps`` steps from it on the semantic training items; the modality gap before (the ``moe`` model) and after, the gap reduction
    (as CORD's paper: text score of the *starting* model − audio score of the method) and the other groups'
    scores (paralinguistic retention).
 5. **Statistics** (:func:`audiomoe.evaluation.stats.compare`): means over seeds with 95% bootstrap intervals over
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 from statistics import fmean
 from typing import Any
+
+import torch
 
 from audiomoe.config import to_dict
 from audiomoe.data.manifest import read_manifest, write_manifest
@@ -51,6 +54,8 @@ from audiomoe.training.upcycle import upcycle_model
 
 ARCH_ARMS = ("mlp", "moe", "moue-per-block", "moue-staggered")
 DISTILL_ARMS = ("cord", "forward_kl", "sft")
+TEXT_ARM = "moe-text"  # each seed's moe model after the text-path stage: where the distillation arms start
+START = f"start ({TEXT_ARM})"
 
 
 def write_foundation_manifest(train_manifest: Path, out: Path) -> int:
@@ -66,8 +71,13 @@ def write_foundation_manifest(train_manifest: Path, out: Path) -> int:
 
 
 def run_siblings(
-    out: str | Path, quick: bool = False, seeds: int | None = None, workers: int | None = None
+    out: str | Path,
+    quick: bool = False,
+    seeds: int | None = None,
+    workers: int | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
+    """Run everything; ``reuse`` reads back finished (arm, seed) runs in ``out`` instead of training them again."""
     settings: SiblingsSettings = PROFILES["quick" if quick else "full"]
     if seeds is not None:
         settings = settings.with_seeds(seeds)
@@ -112,7 +122,7 @@ def run_siblings(
             "precision": settings.precision, "progress": False, "tensorboard": False, **train,
         }  # fmt: skip
         return SiblingJob(arm, seed, config, str(test_manifest), str(cache_dir), demo.eval_batch_size,
-                          demo.max_new_tokens)  # fmt: skip
+                          demo.max_new_tokens, reuse)  # fmt: skip
 
     def scratch(arm: str, seed: int, steps: int) -> SiblingJob:
         model = {"preset": demo.preset, "adapter": strip_dims(adapters[arm]), "overrides": overrides}
@@ -130,14 +140,26 @@ def run_siblings(
 
     by = {(r["arm"], r["seed"]): r for r in results}
     second, upcycle_reports = [], {}
+    text_data = {"data": {"train": [str(train_manifest)], "batch_size": settings.distill_batch,
+                          "feature_cache": str(cache_dir)}}  # fmt: skip
     for s in settings.seeds:
+        torch.manual_seed(s)  # the router's random init: the same upcycled start on every rerun
         model, report = upcycle_model(by[("mlp-narrow", s)]["model_dir"], "moe", num_experts=settings.experts,
                                       top_k=settings.top_k)  # fmt: skip
         upcycled_dir = out / "upcycled" / f"seed-{s}"
         model.save_pretrained(upcycled_dir)
         upcycle_reports[str(s)] = report
         second.append(job("moe-upcycled", s, half, {"path": str(upcycled_dir)}))
-        base = {"path": by[("moe", s)]["model_dir"]}
+        # CORD's prerequisite: a text path better than the audio path (the start of the distillation arms)
+        second.append(job(TEXT_ARM, s, settings.text_steps, {"path": by[("moe", s)]["model_dir"]},
+                          objective={"type": "text_lm"}, **text_data))  # fmt: skip
+    results += run_arms(second, n_workers, on_done=done, runner=run_job)
+    by = {(r["arm"], r["seed"]): r for r in results}
+    t = lap("upcycled_and_text_path_arms", t)
+
+    third = []
+    for s in settings.seeds:
+        base = {"path": by[(TEXT_ARM, s)]["model_dir"]}
         distill = {"data": {"train": [str(train_manifest)], "batch_size": settings.distill_batch,
                             "feature_cache": str(cache_dir)},
                    "optim": {"lr": settings.distill_lr},
@@ -145,20 +167,20 @@ def run_siblings(
         for objective in DISTILL_ARMS:
             objective_config = {"type": objective, "max_new_tokens": settings.distill_max_new_tokens,
                                 "group_size": settings.group_size}  # fmt: skip
-            second.append(
+            third.append(
                 job(objective, s, settings.distill_steps, base, objective=objective_config, **distill)
             )
-    results += run_arms(second, n_workers, on_done=done, runner=run_job)
-    t = lap("upcycled_and_distillation_arms", t)
+    results += run_arms(third, n_workers, on_done=done, runner=run_job)
+    t = lap("distillation_arms", t)
 
     evals: dict[str, list[dict[str, Any]]] = {}
     for result in results:
         evals.setdefault(result["arm"], []).append(json.loads(Path(result["eval"]).read_text()))
     architecture = compare({a: evals[a] for a in ARCH_ARMS}, reference="moue-staggered")
     upcycling = compare({a: evals[a] for a in ("moe-upcycled", "moe")}, reference="moe-upcycled")
-    distill_evals = {"base (moe)": evals["moe"], **{a: evals[a] for a in DISTILL_ARMS}}
+    distill_evals = {START: evals[TEXT_ARM], "moe": evals["moe"], **{a: evals[a] for a in DISTILL_ARMS}}
     distillation = compare(distill_evals, reference="cord")
-    versus_base = compare(distill_evals, reference="base (moe)")
+    versus_base = compare(distill_evals, reference=START)
     t = lap("statistics", t)
 
     runs = {arm: {"train_seconds_mean": round(fmean(r["train_seconds"] for r in results if r["arm"] == arm), 1),
@@ -182,7 +204,7 @@ def run_siblings(
         "architecture": architecture,
         "upcycling": upcycling,
         "distillation": distillation,
-        "distillation_summary": distillation_summary(evals["moe"], versus_base, DISTILL_ARMS, "base (moe)"),
+        "distillation_summary": distillation_summary(evals[TEXT_ARM], versus_base, DISTILL_ARMS, START),
         "timings": timings,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }

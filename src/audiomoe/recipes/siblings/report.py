@@ -82,7 +82,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         report["upcycling"], "Upcycled (dense half, MoE half) vs from-scratch MoE"
     )
     summary = report["distillation_summary"]
-    lines += ["", "## CORD vs forward KL vs SFT (from each seed's moe model)", ""]
+    lines += ["", "## CORD vs forward KL vs SFT (from each seed's moe model after the text-path stage)", ""]
     if summary["gap_before"] is None or summary["gap_before"] <= 0:
         lines.append("The starting model's text path is not better than its audio path: no gap to reduce.")
     else:

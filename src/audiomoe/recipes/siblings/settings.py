@@ -28,6 +28,7 @@ class SiblingsSettings:
     moue_blocks: int = 4
     moue_experts_per_block: int = 2
     moue_top_k: int = 1
+    text_steps: int = 100  # text_lm steps that make the text path competent before distillation
     distill_steps: int = 60
     distill_batch: int = 16
     distill_lr: float = 3e-4
@@ -44,7 +45,7 @@ class SiblingsSettings:
 
 FULL = SiblingsSettings(demo=DEMO_FULL)
 QUICK = SiblingsSettings(
-    demo=DEMO_QUICK, steps=4, mlp_hidden=128, distill_steps=2, distill_batch=4, distill_max_new_tokens=4,
+    demo=DEMO_QUICK, steps=4, mlp_hidden=128, text_steps=2, distill_steps=2, distill_batch=4, distill_max_new_tokens=4,
     group_size=2,
 )  # fmt: skip
 PROFILES = {"full": FULL, "quick": QUICK}

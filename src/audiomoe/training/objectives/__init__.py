@@ -1,5 +1,6 @@
 """Training objectives (a registry): ``lm`` (next-token loss, the default), ``cord`` (CORD cross-modal
-self-distillation, arXiv 2601.16547), and its paper's off-policy baselines ``forward_kl`` and ``sft``.
+self-distillation, arXiv 2601.16547), its paper's off-policy baselines ``forward_kl`` and ``sft``, and
+``text_lm`` (next-token loss on the text view of the same items: a competent text path, CORD's prerequisite).
 
     objective = build_objective(config.objective)   # objective.type=cord in the training config
 """

@@ -179,6 +179,24 @@ class _CrossModal(Objective):
         return ObjectiveOutput(loss=main + policy.config.aux_loss_weight * aux, aux_loss=aux)
 
 
+@register_objective("text_lm")
+class TextLMObjective(_CrossModal):
+    """Next-token loss on the answers of the *text view* of each usable item (the transcript in quotes, then
+    the question; no audio): makes the text path competent before it teaches the audio path."""
+
+    def collate(self, batcher: RecordBatcher) -> Callable[[Sequence[int]], Any]:
+        def collate(indices: Sequence[int]) -> dict[str, Any]:
+            records = [batcher.records[i] for i in indices]
+            return batcher.processor(
+                [text_prompt(r) for r in records], [], answers=[r.answer for r in records]
+            )
+
+        return collate
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> Any:
+        return model(**batch)
+
+
 @register_objective("cord")
 class CORDObjective(_CrossModal):
     """On-policy weighted reverse KL + GRPO with an agreement reward (see the module docstring)."""
