@@ -8,7 +8,7 @@ STAMP := $(VENV)/.audiomoe-installed
 SYSDEPS_STAMP := $(VENV)/.sysdeps
 BROWSER_STAMP := $(VENV)/.browser
 
-.PHONY: install install-real test lint format demo demo-quick experiment bench clean
+.PHONY: install install-real test lint format demo demo-quick experiment experiment-siblings bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ demo: install
 # The longer real recipe: real Whisper tiny.en + real SmolLM2-135M-Instruct (LoRA), MoE vs matched dense, 3 seeds.
 experiment: install-real
 	$(VENV)/bin/audiomoe demo --out experiment-out --profile experiment
+
+# The seed paper's sibling methods (CORD, a MoUE-style expert pool, upcycling) against baselines, 3 seeds.
+experiment-siblings: install
+	$(VENV)/bin/audiomoe siblings --out siblings-out
 
 demo-quick: install
 	$(VENV)/bin/audiomoe demo --out demo-out-quick --quick

@@ -19,6 +19,7 @@ SMALL = {
     "conv": {"hidden_dim": 40},
     "qformer": {"window": 3, "num_queries": 2, "hidden_dim": 16, "num_heads": 2, "num_layers": 1},
     "moe": {"expert_hidden_dim": 16, "num_experts": 4, "top_k": 2},
+    "moue": {"expert_hidden_dim": 16, "pool_size": 6, "window": 4, "stride": 2, "top_k": 2, "num_blocks": 3},
 }
 
 
@@ -56,6 +57,9 @@ def test_shape_contract_for_odd_lengths_and_length_one(name, lengths):
     if name == "moe":
         assert out.router_logits.shape[:2] == out.mask.shape and out.tokens_per_expert.numel() == 4
         assert int(out.tokens_per_expert.sum()) == 2 * int(out.mask.sum())
+    elif name == "moue":  # load summed over the 3 blocks of a 6-expert pool
+        assert out.router_logits.shape[:2] == out.mask.shape and out.tokens_per_expert.numel() == 6
+        assert int(out.tokens_per_expert.sum()) == 3 * 2 * int(out.mask.sum())
     else:
         assert out.router_logits is None and out.tokens_per_expert.numel() == 0
 

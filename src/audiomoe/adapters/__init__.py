@@ -3,7 +3,7 @@
 Importing this package registers every adapter; build one with :func:`build_adapter`.
 """
 
-from audiomoe.adapters import dense, moe  # noqa: F401  (registers linear, mlp, conv, qformer, moe)
+from audiomoe.adapters import dense, moe, moue  # noqa: F401  (registers linear, mlp, conv, qformer, moe, moue)
 from audiomoe.adapters.base import (
     ADAPTERS,
     Adapter,

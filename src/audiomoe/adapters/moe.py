@@ -244,6 +244,28 @@ def _combine(
     return torch.bmm(weights.unsqueeze(1).to(unsorted.dtype), unsorted).squeeze(1)
 
 
+def dispatch_to_experts(
+    experts: GroupedExperts, x: torch.Tensor, routing: RoutingResult, kernel: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dropless sort-based dispatch of valid tokens x ``(N, H)`` to their routed experts and the gate-weighted
+    combination: -> out ``(N, M)`` and tokens per expert ``(E,)``. Slots with an index < 0 or >= E (top-p
+    leftovers, null experts) are not computed. Shared by :class:`MoELayer` and the MoUE-style pool."""
+    num_experts = experts.num_experts
+    slots = routing.indices.shape[1]
+    # slots without compute (top-p leftovers, null experts) get key E and sort to the tail, unprocessed
+    keys = routing.indices.reshape(-1)
+    keys = torch.where((keys >= 0) & (keys < num_experts), keys, torch.full_like(keys, num_experts))
+    # dropless, stable sort by expert: rows of one expert become contiguous for the grouped matmul
+    sorted_keys, order = torch.sort(keys, stable=True)
+    counts = torch.bincount(sorted_keys, minlength=num_experts + 1)[:num_experts]
+    num_rows = int(counts.sum())
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    rows = _DispatchRows.apply(experts.normalize(x), order, inverse, num_rows, slots)
+    y = experts(rows, counts, sorted_keys[:num_rows], kernel)
+    return _combine(y, inverse, order, routing.weights), counts
+
+
 @dataclass
 class MoELayerOutput:
     """out ``(N, M)``; routing of the N valid tokens; counts ``(E,)``; unweighted losses (scalars)."""
@@ -293,19 +315,7 @@ class MoELayer(nn.Module):
         c = self.config
         n = x.shape[0]
         routing = self.gate(x)
-        slots = routing.indices.shape[1]
-        # slots without compute (top-p leftovers, null experts) get key E and sort to the tail, unprocessed
-        keys = routing.indices.reshape(-1)
-        keys = torch.where((keys >= 0) & (keys < c.num_experts), keys, torch.full_like(keys, c.num_experts))
-        # dropless, stable sort by expert: rows of one expert become contiguous for the grouped matmul
-        sorted_keys, order = torch.sort(keys, stable=True)
-        counts = torch.bincount(sorted_keys, minlength=c.num_experts + 1)[: c.num_experts]
-        num_rows = int(counts.sum())
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        rows = _DispatchRows.apply(self.experts.normalize(x), order, inverse, num_rows, slots)
-        y = self.experts(rows, counts, sorted_keys[:num_rows], c.kernel)
-        out = _combine(y, inverse, order, routing.weights)
+        out, counts = dispatch_to_experts(self.experts, x, routing, c.kernel)
         if self.shared_expert is not None:
             shared = self.shared_expert(x)
             if self.shared_expert_gate is not None:

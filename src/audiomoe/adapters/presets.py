@@ -63,6 +63,14 @@ def count_parameters(config: AdapterConfig | dict[str, Any]) -> dict[str, int]:
     return {"total_params": counts.total, "active_params": counts.active}
 
 
+def routing_summary(config: AdapterConfig | dict[str, Any]) -> dict[str, int]:
+    """An adapter's ``routing_summary()`` (pool size, virtual width, routing paths) where it has one, else {}."""
+    with torch.device("meta"):
+        adapter = build_adapter(config)
+    summary = getattr(adapter, "routing_summary", None)
+    return summary() if summary is not None else {}
+
+
 def matched_moe_config(
     dense_config: AdapterConfig | dict[str, Any],
     num_experts: int = 8,

@@ -270,24 +270,46 @@ class AudioLanguageModel(nn.Module):
         ``streamer`` (a transformers ``BaseStreamer``) gets each step's new tokens ``(B,)`` as they are chosen, and
         ``stopping_criteria`` (a ``StoppingCriteriaList``) may end rows early: both go to the LLM's ``generate``
         unchanged (what ``audiomoe serve`` streams and limits requests with)."""
-        embeds, _ = self._input_embeds(input_ids, audio_features, audio_lengths, encoder_hidden, encoder_mask)
+        new_tokens, _ = self.generate_ids(
+            max_new_tokens, do_sample, temperature, top_p, streamer=streamer, stopping_criteria=stopping_criteria,
+            input_ids=input_ids, attention_mask=attention_mask, audio_features=audio_features,
+            audio_lengths=audio_lengths, encoder_hidden=encoder_hidden, encoder_mask=encoder_mask,
+        )  # fmt: skip
+        return self.processor.decode(new_tokens)
+
+    @torch.no_grad()
+    def generate_ids(
+        self, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+        streamer: Any = None, stopping_criteria: Any = None, **inputs: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """As :meth:`generate`, but the new token ids ``(B, T)`` and their validity mask ``(B, T)`` (True up to
+        and including the first stop token; what on-policy objectives teacher-force). ``inputs``: the prompt
+        tensors :meth:`generate` takes (``input_ids``, ``attention_mask``, audio or encoder tensors)."""
+        attention_mask = inputs["attention_mask"]
+        embeds, _ = self._input_embeds(
+            inputs["input_ids"], *(inputs.get(k) for k in ("audio_features", "audio_lengths", "encoder_hidden",
+                                                            "encoder_mask"))
+        )  # fmt: skip
         # Decoding appends on the right, so every prompt must end at the last column: move padding to the left.
         order = torch.argsort(attention_mask, dim=1, stable=True)
         embeds = torch.gather(embeds, 1, order.unsqueeze(-1).expand_as(embeds))
         attention_mask = torch.gather(attention_mask, 1, order)
         sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+        stops = self._stop_ids()
         new_tokens = self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
             do_sample=do_sample,
-            eos_token_id=self._stop_ids(),
+            eos_token_id=stops,
             pad_token_id=self.processor.pad_token_id,
             streamer=streamer,
             stopping_criteria=stopping_criteria,
             **sampling,
         )
-        return self.processor.decode(new_tokens)
+        is_stop = torch.isin(new_tokens, torch.tensor(stops, device=new_tokens.device))
+        valid = (is_stop.long().cumsum(-1) - is_stop.long()) == 0
+        return new_tokens, valid
 
     def _stop_ids(self) -> list[int]:
         tokenizer = self.processor.tokenizer

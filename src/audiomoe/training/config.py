@@ -87,6 +87,42 @@ class ScheduleSection:
 
 
 @dataclass
+class ObjectiveSection:
+    """The training objective (``audiomoe.training.objectives``): ``lm`` (next-token loss on the answers, the
+    default), ``cord`` (on-policy weighted reverse KL to the same model given the transcript, + GRPO with an
+    agreement reward; arXiv 2601.16547), or its baselines ``forward_kl`` / ``sft`` on text-teacher rollouts.
+    Defaults are the paper's except ``max_new_tokens`` (200 there; CPU-sized here)."""
+
+    type: str = "lm"
+    temperature: float = 1.0  # student rollouts (cord) and teacher rollouts (forward_kl, sft)
+    max_new_tokens: int = 32
+    teacher: Literal["live", "frozen_init"] = (
+        "live"  # text-conditioned teacher: current weights or a frozen copy
+    )
+    top_k: int = 20  # K highest-divergence tokens per rollout get weight alpha
+    alpha: float = 2.0
+    beta: float = 2.0  # position decay from beta (first token) to 1 (last)
+    seq_weight: float = 1.0  # weight of the GRPO term; 0 = token term only
+    group_size: int = 4  # GRPO rollouts per item
+    group_temperature: float = 1.5
+    reward: Literal["agreement", "correctness"] = "agreement"  # vs the model's own text answer (CORD) or gold
+
+    def __post_init__(self) -> None:
+        for name in ("temperature", "group_temperature"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"objective.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_new_tokens", "top_k", "group_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"objective.{name} must be >= 1, got {getattr(self, name)}")
+        if self.alpha < 1 or self.beta < 1:
+            raise ConfigError(
+                f"objective.alpha and objective.beta must be >= 1, got {self.alpha}, {self.beta}"
+            )
+        if self.seq_weight < 0:
+            raise ConfigError(f"objective.seq_weight must be >= 0, got {self.seq_weight}")
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run needs. Steps count optimizer updates (each ``grad_accum`` micro-batches)."""
 
@@ -94,6 +130,7 @@ class TrainConfig:
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     steps: int = 100
     grad_accum: int = 1
     # auto = bf16 where this machine runs it natively (GPU, or CPU with AVX512-BF16/AMX), else fp32; the trainer

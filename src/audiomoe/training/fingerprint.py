@@ -23,8 +23,8 @@ from audiomoe.training.config import TrainConfig
 # The batch budget keys decide which clips share a batch, so the sampler's saved position means nothing under
 # another budget; data.num_workers does not (batches are the same with any worker count).
 FINGERPRINT_KEYS = (
-    "model", "optim", "schedule", "seed", "steps", "grad_accum", "data.batch_size", "data.max_batch_seconds",
-    "data.quadratic_duration",
+    "model", "objective", "optim", "schedule", "seed", "steps", "grad_accum", "data.batch_size",
+    "data.max_batch_seconds", "data.quadratic_duration",
 )  # fmt: skip
 # Changes no flag can make safe: the checkpoint's weights and optimizer state belong to this model.
 NEVER_CHANGEABLE = ("model", "world_size")

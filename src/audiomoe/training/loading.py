@@ -123,6 +123,11 @@ def decode_batch(batcher: RecordBatcher, indices: Sequence[int]) -> Loaded:
     return batcher.batch(records, [r.instruction for r in records], clips=clips), reasons
 
 
+def collated_batch(collate: Callable[[Sequence[int]], Any], indices: Sequence[int]) -> Loaded:
+    """``collate(indices)`` as a loader result: an objective's own batches, decoded whole (no per-clip skip)."""
+    return collate(indices), []
+
+
 def _one_thread(_: int) -> None:
     torch.set_num_threads(1)  # a worker decodes one batch; threads would only contend with training
 

@@ -43,10 +43,12 @@ from audiomoe.training.loading import (
     LoaderStream,
     build_plan,
     by_source,
+    collated_batch,
     decode_batch,
     fill_durations,
     read_sources,
 )
+from audiomoe.training.objectives import Objective, build_objective
 from audiomoe.training.trainer import Trainer, seed_everything
 
 
@@ -193,16 +195,27 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
     seed_everything(config.seed)
     load_tasks_files(config.data.tasks)  # before the manifests: records name these tasks
     model = build_model(config.model)
+    objective = build_objective(config.objective)
     train_records, origin, weights, dev_records, skipped = read_data(config)
+    selected = objective.select(train_records)  # e.g. CORD: only items with a transcript and a semantic task
+    if len(selected) != len(train_records):
+        kept = {id(r) for r in selected}
+        origin = [o for r, o in zip(train_records, origin) if id(r) in kept]
+        train_records = selected
     dev_records = dev_records[: config.data.max_dev_items]
     durations_from_headers = fill_durations(train_records)
     cache = open_cache(config, model, train_records + dev_records, env)
     batcher = RecordBatcher(train_records, model.processor, cache)
     sampler = build_plan(train_records, origin, weights, config.data, config.seed, env.rank, env.world_size)
+    # the plain objective decodes clip by clip (a bad clip costs only itself); one with its own batches
+    # (teacher text views) collates them whole
+    own_batches = type(objective).collate is not Objective.collate
+    load = (
+        partial(collated_batch, objective.collate(batcher)) if own_batches else partial(decode_batch, batcher)
+    )
     stream = LoaderStream(
-        sampler.batches, partial(decode_batch, batcher), config.data.num_workers,
-        skip_bad_clips=config.data.on_bad_line == "skip",
-    )  # fmt: skip
+        sampler.batches, load, config.data.num_workers, skip_bad_clips=config.data.on_bad_line == "skip"
+    )
 
     evaluate = None
     if dev_records:
@@ -239,6 +252,7 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
         device=device,
         tracker=tracker,
         fingerprint=config_fingerprint(config, env.world_size, len(train_records)),
+        objective=objective,
     )
     result = trainer.fit(resume=resume, allow_changes=allow_changes)
     model_dir = config.run_dir / MODEL_DIR

@@ -51,6 +51,7 @@ from audiomoe.training.distributed import (
     wrap_model,
 )
 from audiomoe.training.fingerprint import check_resume, config_fingerprint
+from audiomoe.training.objectives import Objective, build_objective
 from audiomoe.training.stream import BatchStream
 
 Evaluate = Callable[[nn.Module], Mapping[str, float]]
@@ -126,6 +127,7 @@ class Trainer:
         device: torch.device | None = None,
         tracker: GradientConflictTracker | None = None,
         fingerprint: dict[str, Any] | None = None,
+        objective: Objective | None = None,
     ) -> None:
         self.env = env or DistEnv.from_env()
         self.device = device or default_device(self.env)
@@ -156,6 +158,8 @@ class Trainer:
         # load of all gradient-accumulation micro-batches (a no-op for other adapters)
         attach_router_bias_update(self.optimizer, self.model)
         self.tracker = tracker
+        # the loss of a micro-batch: objective(model, batch) (training/objectives; lm = model(**batch).loss)
+        self.objective = objective or build_objective(config.objective)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: warmup_cosine(
@@ -436,7 +440,7 @@ class Trainer:
                 )
                 with sync:
                     with autocast:
-                        out = self.model(**batch) if isinstance(batch, Mapping) else self.model(batch)
+                        out = self.objective(self.model, batch)
                     self.scaler.scale(out.loss / cfg.grad_accum).backward()
                 lm_loss = getattr(out, "lm_loss", None)
                 parts = [out.loss, out.aux_loss, out.loss if lm_loss is None else lm_loss]
@@ -477,6 +481,7 @@ class Trainer:
                         "frames_per_s": round(frames_per_s, 1),
                         "train_seconds": round(self.train_seconds, 3),
                         **getattr(self.stream, "log_stats", dict)(),  # e.g. skipped_clips
+                        **self.objective.log_terms(),
                     }
                 )
                 bar.set_postfix(loss=f"{loss_value:.4f}", aux=f"{aux_value:.4f}", fps=f"{frames_per_s:.0f}")

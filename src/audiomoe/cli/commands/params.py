@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from audiomoe.adapters.presets import PRESETS, count_parameters, preset_config
+from audiomoe.adapters.presets import PRESETS, count_parameters, preset_config, routing_summary
 from audiomoe.config import add_override_arguments, apply_overrides, load_yaml, overrides_of
 
 
@@ -37,6 +37,13 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{name} ({config.type}): active {counts['active_params'] / 1e6:.2f}M ({counts['active_params']:,}), {share:.1%}"
     )
+    routing = routing_summary(config)  # expert-pool adapters (moue): pool, virtual width, routing paths
+    if routing:
+        print(
+            f"{name} ({config.type}): "
+            + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in routing.items())
+        )
     if args.json:
-        args.json.write_text(json.dumps({"name": name, "type": config.type, **counts}, indent=2) + "\n")
+        record = {"name": name, "type": config.type, **counts, **routing}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
     return 0

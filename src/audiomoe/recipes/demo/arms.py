@@ -221,14 +221,18 @@ def default_workers() -> int:
 
 
 def run_arms(
-    jobs: Sequence[ArmJob], workers: int, on_done: Callable[[dict[str, Any]], None] | None = None
+    jobs: Sequence[Any],
+    workers: int,
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+    runner: Callable[[Any], dict[str, Any]] = run_arm,
 ) -> list[dict[str, Any]]:
-    """Run ``jobs``; with ``workers`` > 1 in that many single-threaded processes (``spawn``: a fresh interpreter,
-    no inherited OpenMP state). Results come back in the order of ``jobs``; ``on_done`` sees each as it ends."""
+    """Run ``runner(job)`` (default :func:`run_arm`; a picklable top-level function) for ``jobs``; with ``workers``
+    > 1 in that many single-threaded processes (``spawn``: a fresh interpreter, no inherited OpenMP state).
+    Results come back in the order of ``jobs``; ``on_done`` sees each as it ends."""
     if workers <= 1:
         results = []
         for job in jobs:
-            results.append(run_arm(job))
+            results.append(runner(job))
             if on_done:
                 on_done(results[-1])
         return results
@@ -237,7 +241,7 @@ def run_arms(
         mp_context=mp.get_context("spawn"),
         initializer=_one_thread_worker,
     ) as pool:
-        futures = [pool.submit(run_arm, job) for job in jobs]
+        futures = [pool.submit(runner, job) for job in jobs]
         if on_done:
             for future in futures:
                 future.add_done_callback(lambda f: on_done(f.result()) if f.exception() is None else None)

@@ -1,0 +1,51 @@
+"""The sizes of a siblings run (``audiomoe siblings``): the measured comparison (``FULL``, ~25 min on 2 cores)
+and the smoke test (``QUICK``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from audiomoe.recipes.demo.settings import FULL as DEMO_FULL
+from audiomoe.recipes.demo.settings import QUICK as DEMO_QUICK
+from audiomoe.recipes.demo.settings import DemoSettings
+
+
+@dataclass(frozen=True)
+class SiblingsSettings:
+    """``demo`` gives the corpus, encoder preset, foundation LLM, batch size, LR and generation settings (the
+    demo's own); the fields here size the two comparisons.
+
+    Architecture arms train ``steps`` steps from scratch; ``moe-upcycled`` trains a dense FFN with the MoE's expert
+    width for ``steps // 2`` steps, upcycles it and trains ``steps // 2`` more. The distillation arms start from
+    each seed's ``moe`` model and train ``distill_steps`` steps of ``distill_batch`` semantic items."""
+
+    demo: DemoSettings
+    steps: int = 200
+    mlp_hidden: int = 256
+    experts: int = 4
+    top_k: int = 2
+    moue_blocks: int = 4
+    moue_experts_per_block: int = 2
+    moue_top_k: int = 1
+    text_steps: int = 100  # text_lm steps that make the text path competent before distillation
+    distill_steps: int = 60
+    distill_batch: int = 16
+    distill_lr: float = 3e-4
+    distill_max_new_tokens: int = 16
+    group_size: int = 4
+    seeds: tuple[int, ...] = (0, 1, 2)
+    precision: str = "fp32"  # the demo measured fp32 faster than bf16 for this model size on CPU
+
+    def with_seeds(self, count: int) -> SiblingsSettings:
+        if count < 1:
+            raise ValueError(f"--seeds must be at least 1, got {count}")
+        return dataclasses.replace(self, seeds=tuple(range(count)))
+
+
+FULL = SiblingsSettings(demo=DEMO_FULL)
+QUICK = SiblingsSettings(
+    demo=DEMO_QUICK, steps=4, mlp_hidden=128, text_steps=2, distill_steps=2, distill_batch=4, distill_max_new_tokens=4,
+    group_size=2,
+)  # fmt: skip
+PROFILES = {"full": FULL, "quick": QUICK}
