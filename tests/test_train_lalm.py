@@ -79,6 +79,27 @@ def test_cached_features_give_the_same_loss_and_are_reused(corpus: Path, tmp_pat
     assert FeatureCache(tmp_path, other).dir != cache.dir
 
 
+def test_the_training_loader_reads_cached_features_without_decoding_a_clip(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audiomoe.training.loading import decode_batch
+
+    model = tiny_model()
+    records = read_manifest(corpus / "train.jsonl")
+    cache = FeatureCache(tmp_path, model, dtype="float32")
+    cache.ensure([r.audio for r in records], progress=False)
+    cached, direct = RecordBatcher(records, model.processor, cache), RecordBatcher(records, model.processor)
+    assert cached.reads_cache and not direct.reads_cache
+
+    def no_decoding(record):  # the cache holds the encoder outputs: decoding would only cost time
+        raise AssertionError(f"decoded {record.audio}")
+
+    monkeypatch.setattr(cached, "load", no_decoding)
+    batch, reasons = decode_batch(cached, [0, 5, 7])
+    assert reasons == [] and torch.equal(batch["input_ids"], cached.collate([0, 5, 7])["input_ids"])
+    assert "encoder_hidden" in batch
+
+
 def test_cache_refuses_a_trainable_encoder(tmp_path: Path) -> None:
     model = AudioLanguageModel(build_preset("tiny", "linear", freeze={"encoder": False}))
     with pytest.raises(ValueError, match="frozen encoder"):

@@ -65,7 +65,7 @@ class RecordBatcher:
         on every assistant turn, asked their last question at evaluation."""
         answers = [r.answer for r in records] if with_answers else None
         conversational = any(r.messages for r in records)
-        if self.cache is None or self._cached_processor is None:
+        if not self.reads_cache:
             if clips is None:
                 clips = [self.load(r) for r in records]
             if not conversational:
@@ -88,6 +88,11 @@ class RecordBatcher:
         batch.pop("audio_lengths", None)
         batch["encoder_hidden"], batch["encoder_mask"] = hidden, mask
         return batch
+
+    @property
+    def reads_cache(self) -> bool:
+        """Batches come from the feature cache (encoder outputs), so no clip needs decoding."""
+        return self.cache is not None and self._cached_processor is not None
 
     def load(self, record: AudioRecord) -> list[Any]:
         """The record's clips at the model's sampling rate, in tag order (AudioError for one that cannot be used)."""

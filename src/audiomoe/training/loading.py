@@ -109,6 +109,11 @@ class _Batches(Dataset):
 def decode_batch(batcher: RecordBatcher, indices: Sequence[int]) -> Loaded:
     """Decode each record's clip on its own, so one bad clip costs only itself; the batch of the clips that
     decoded (None when none did) and one reason per clip that did not."""
+    if (
+        batcher.reads_cache
+    ):  # encoder outputs are cached: nothing to decode (the cache fill decoded every clip)
+        records = [batcher.records[i] for i in indices]
+        return batcher.batch(records, [r.instruction for r in records]), []
     records, clips, reasons = [], [], []
     for index in indices:
         record = batcher.records[index]
