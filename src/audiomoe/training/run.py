@@ -47,6 +47,7 @@ from audiomoe.training.loading import (
     fill_durations,
     read_sources,
 )
+from audiomoe.training.streaming import ShardStream, is_streamed, open_stream
 from audiomoe.training.trainer import Trainer, seed_everything
 
 
@@ -83,8 +84,9 @@ def read_data(
 ) -> tuple[list[AudioRecord], list[int], list[float], list[AudioRecord], dict[str, int]]:
     """Train records whose clips decode with the source index of each and the sources' weights, the dev records,
     and how many lines / clips were skipped per split."""
+    streamed = is_streamed(config.data.train)  # tar shards: read as they stream, never listed
     train_loads, dev_loads = (
-        read_manifests(config, config.data.train),
+        [] if streamed else read_manifests(config, config.data.train),
         read_manifests(config, config.data.dev),
     )
     skipped = {
@@ -101,9 +103,12 @@ def read_data(
         skipped["dev_clips"] = len(report.problems) - skipped["train_clips"]
         print(f"preflight: {report.decoded} clips decoded, {report.cached} known good, {len(report.problems)} "
               f"skipped{' in ' + ', '.join(sorted(bad)) if bad else ''}", file=sys.stderr)  # fmt: skip
+        if streamed:
+            print("preflight: the streamed training shards are not listed; their clips are checked as they "
+                  "decode (data.on_bad_line)", file=sys.stderr)  # fmt: skip
     train_records, origin = by_source(kept[: len(train_loads)])
     dev_records, _ = by_source(kept[len(train_loads) :])
-    if not train_records:
+    if not train_records and not streamed:
         names = ", ".join(as_source(s).path for s in config.data.train)
         raise ValueError(f"no usable training item in {names} (all lines were skipped)")
     weights = [as_source(s).weight for s in config.data.train]
@@ -196,13 +201,19 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
     train_records, origin, weights, dev_records, skipped = read_data(config)
     dev_records = dev_records[: config.data.max_dev_items]
     durations_from_headers = fill_durations(train_records)
-    cache = open_cache(config, model, train_records + dev_records, env)
-    batcher = RecordBatcher(train_records, model.processor, cache)
-    sampler = build_plan(train_records, origin, weights, config.data, config.seed, env.rank, env.world_size)
-    stream = LoaderStream(
-        sampler.batches, partial(decode_batch, batcher), config.data.num_workers,
-        skip_bad_clips=config.data.on_bad_line == "skip",
-    )  # fmt: skip
+    stream: LoaderStream | ShardStream
+    if is_streamed(config.data.train):
+        stream, sampler, cache = open_stream(config, model.processor, env.rank, env.world_size), None, None
+    else:
+        cache = open_cache(config, model, train_records + dev_records, env)
+        batcher = RecordBatcher(train_records, model.processor, cache)
+        sampler = build_plan(
+            train_records, origin, weights, config.data, config.seed, env.rank, env.world_size
+        )
+        stream = LoaderStream(
+            sampler.batches, partial(decode_batch, batcher), config.data.num_workers,
+            skip_bad_clips=config.data.on_bad_line == "skip",
+        )  # fmt: skip
 
     evaluate = None
     if dev_records:
@@ -238,7 +249,9 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
         env=env,
         device=device,
         tracker=tracker,
-        fingerprint=config_fingerprint(config, env.world_size, len(train_records)),
+        fingerprint=config_fingerprint(
+            config, env.world_size, None if sampler is None else len(train_records)
+        ),
     )
     result = trainer.fit(resume=resume, allow_changes=allow_changes)
     model_dir = config.run_dir / MODEL_DIR
@@ -257,7 +270,8 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
                 f"refusing to save a model with non-finite weights to {model_dir} ({bad})"
             )
         # the tasks it was trained with, so `audiomoe eval` scores them the same way without --tasks
-        tasks = saved_tasks(r.task for r in train_records + dev_records)
+        trained = getattr(stream, "tasks", {r.task for r in train_records})  # streamed: the tasks seen
+        tasks = saved_tasks([*trained, *(r.task for r in dev_records)])
         try:
             with ckpt.write_errors_as_os_errors(model_dir):
                 exported.save_pretrained(model_dir)
@@ -277,9 +291,9 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
             "threads": torch.get_num_threads(),
             "params": model.param_summary(),
             "feature_cache": str(cache.dir) if cache is not None else None,
-            "train_items": len(train_records),
+            "train_items": len(train_records) if sampler is not None else None,  # streamed: not listed
             "durations_from_headers": durations_from_headers,
-            "padding_fraction": round(sampler.padding_fraction(0), 4),
+            "padding_fraction": None if sampler is None else round(sampler.padding_fraction(0), 4),
             "skipped": skipped,
             "non_finite_steps": result.non_finite_steps,
             "num_workers": config.data.num_workers,
