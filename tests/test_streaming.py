@@ -165,3 +165,41 @@ def test_train_streams_shards_skips_a_bad_clip_and_a_stopped_run_resumes_to_the_
     # without skip, the bad clip stops the run with one line naming it
     shutil.rmtree(run)
     assert cli(["train", "--config", str(train_config(tmp_path, source, 6))]) == 2
+
+
+@pytest.mark.slow  # torchrun starts two ranks twice (~20 s on 2 cores)
+def test_two_processes_stream_their_own_shards_and_each_resumes_at_its_own_position(tmp_path: Path) -> None:
+    """torchrun, 2 gloo ranks: each rank's position is saved (``stream_rank{r}.pt``, different positions since
+    the ranks' shards differ in size) and a stopped run resumes to the same losses."""
+    import os
+    import subprocess
+    import sys
+
+    from audiomoe.training.checkpoint import load_object
+    from test_train_ddp import free_port
+
+    records = load_manifest(write_corpus(tmp_path, 10)).records
+    write_shards(records, tmp_path / "shards", shard_size=3)  # 3, 3, 3, 1 records: uneven ranks
+    config = (
+        train_config(tmp_path, str(tmp_path / "shards"), 4)
+        .read_text()
+        .replace("checkpoint_every: 3", "checkpoint_every: 2")
+    )
+    (tmp_path / "train.yaml").write_text(config)
+
+    def launch(*extra: str) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", "-m", "audiomoe.cli.main", "train", "--config",
+               str(tmp_path / "train.yaml"), *extra]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+    launch()
+    run = tmp_path / "run"
+    whole = losses(run)
+    states = [load_object(run / "checkpoints" / step_dir_name(2) / f"stream_rank{r}.pt") for r in (0, 1)]
+    assert states[0] != states[1]
+    shutil.rmtree(run / "checkpoints" / step_dir_name(4))
+    launch("--resume")
+    assert [losses(run)[s] for s in (3, 4)] == pytest.approx([whole[s] for s in (3, 4)], abs=1e-6)
