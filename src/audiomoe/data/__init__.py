@@ -10,9 +10,13 @@ Modules:
     sources: ``Source`` (path, weight, columns, task) and the ``FORMATS`` registry (JSONL / JSONL.gz fallback).
     formats: the field's formats as registry entries (datasets save_to_disk / parquet / arrow; lhotse cuts and
         NeMo manifests as schemas), registered when this package is imported.
+    shards: WebDataset-style tar shards (``write_shards``, ``list_shards``, the ``shards`` format).
 """
 
-from audiomoe.data import formats  # noqa: F401  (registers the formats and schemas)
+from audiomoe.data import (
+    formats,  # noqa: F401  (registers the formats and schemas)
+    shards,  # noqa: F401  (registers the tar shard format)
+)
 from audiomoe.data.audio import AudioError, load_audio
 from audiomoe.data.manifest import (
     AudioRecord,

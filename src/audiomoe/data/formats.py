@@ -58,16 +58,20 @@ def _audio_value(value: Any, base: Path) -> Any:
     if path and (Path(path).is_file() or (base / path).is_file()):
         return path
     if data:
-        digest = hashlib.sha1(data).hexdigest()
-        suffix = Path(path).suffix if path else ".wav"
-        target = audio_cache_dir() / digest[:2] / f"{digest}{suffix or '.wav'}"
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(target.suffix + f".{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
-        return str(target)
+        return cache_audio_bytes(data, (Path(path).suffix if path else "") or ".wav")
     return path or value
+
+
+def cache_audio_bytes(data: bytes, suffix: str) -> str:
+    """Embedded audio bytes as a file of the audio cache (named by content hash, written once)."""
+    digest = hashlib.sha1(data).hexdigest()
+    target = audio_cache_dir() / digest[:2] / f"{digest}{suffix}"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(target.suffix + f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    return str(target)
 
 
 def _rows(dataset: Any, path: Path, source: Source) -> Iterator[tuple[int, Item]]:

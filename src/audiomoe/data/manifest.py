@@ -405,9 +405,9 @@ def check_readable(path: Path, what: str = "manifest") -> None:
                     f"{what} {path} is a symlink loop; point the link at a real file"
                 ) from None
         raise FileNotFoundError(f"{what} {path} is a dangling symlink (to {os.readlink(path)})")
+    if (path.is_dir() or not path.exists()) and detect_format(path) != "jsonl":
+        return  # a dataset directory, or a glob of shards
     if path.is_dir():
-        if detect_format(path) != "jsonl":
-            return
         raise IsADirectoryError(
             f"{what} {path} is a directory, not a file nor a dataset this version reads (a datasets.save_to_disk "
             "directory holds state.json); give the .jsonl file inside it, a save_to_disk directory, a parquet or "

@@ -41,16 +41,22 @@ class Source:
             subset, seeded per epoch); 1 = every record once.
         columns: tabular formats: native field -> column name (``{audio: path, answer: label}``).
         task: the task of records that name none.
+        format: a registered format name (``shards``) when detection should not decide.
     """
 
     path: str
     weight: float = 1.0
     columns: dict[str, str] = field(default_factory=dict)
     task: str = ""
+    format: str = ""
 
     def __post_init__(self) -> None:
         if not self.weight > 0:
             raise ValueError(f"source {self.path}: weight must be > 0, got {self.weight}")
+        if self.format and self.format not in {"jsonl", *FORMATS}:
+            raise ValueError(
+                f"source {self.path}: format {self.format!r} is not one of {['jsonl', *FORMATS]}"
+            )
 
 
 def as_source(spec: str | Path | Source | dict[str, Any]) -> Source:
@@ -58,9 +64,9 @@ def as_source(spec: str | Path | Source | dict[str, Any]) -> Source:
     if isinstance(spec, Source):
         return spec
     if isinstance(spec, dict):
-        unknown = sorted(set(spec) - {"path", "weight", "columns", "task"})
+        unknown = sorted(set(spec) - {"path", "weight", "columns", "task", "format"})
         if unknown or "path" not in spec:
-            raise ValueError(f"data source {spec!r}: keys are path (required), weight, columns, task")
+            raise ValueError(f"data source {spec!r}: keys are path (required), weight, columns, task, format")
         return Source(**spec)
     return Source(str(spec))
 
@@ -113,7 +119,7 @@ def iter_items(source: str | Path | Source) -> Iterator[tuple[int, Item | bytes]
     otherwise."""
     source = as_source(source)
     path = Path(source.path)
-    name = detect_format(path)
+    name = source.format or detect_format(path)
     read = FORMATS[name][1] if name in FORMATS else read_jsonl
     if name == "jsonl" and path.is_dir():
         raise FileNotFoundError(

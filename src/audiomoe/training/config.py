@@ -59,6 +59,8 @@ class DataSection:
     # Directory of the frozen-encoder feature cache; "" = run the encoder on every batch.
     feature_cache: str = ""
     feature_cache_dtype: Literal["float16", "float32"] = "float16"
+    # tar shards (streamed): records are shuffled in consecutive windows of this many (audiomoe.training.streaming)
+    shuffle_buffer: int = 1000
 
 
 @dataclass

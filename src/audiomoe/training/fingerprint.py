@@ -24,7 +24,7 @@ from audiomoe.training.config import TrainConfig
 # another budget; data.num_workers does not (batches are the same with any worker count).
 FINGERPRINT_KEYS = (
     "model", "objective", "optim", "schedule", "seed", "steps", "grad_accum", "data.batch_size",
-    "data.max_batch_seconds", "data.quadratic_duration",
+    "data.max_batch_seconds", "data.quadratic_duration", "data.shuffle_buffer",
 )  # fmt: skip
 # Changes no flag can make safe: the checkpoint's weights and optimizer state belong to this model.
 NEVER_CHANGEABLE = ("model", "world_size")

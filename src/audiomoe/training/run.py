@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from audiomoe.config import deep_merge, from_dict, load_config, to_dict
+from audiomoe.config import ConfigError, deep_merge, from_dict, load_config, to_dict
 from audiomoe.data.manifest import AudioRecord, ManifestLoad
 from audiomoe.data.preflight import preflight
 from audiomoe.data.sources import as_source
@@ -49,6 +49,7 @@ from audiomoe.training.loading import (
     read_sources,
 )
 from audiomoe.training.objectives import Objective, build_objective
+from audiomoe.training.streaming import ShardStream, is_streamed, open_stream
 from audiomoe.training.trainer import Trainer, seed_everything
 
 
@@ -85,8 +86,9 @@ def read_data(
 ) -> tuple[list[AudioRecord], list[int], list[float], list[AudioRecord], dict[str, int]]:
     """Train records whose clips decode with the source index of each and the sources' weights, the dev records,
     and how many lines / clips were skipped per split."""
+    streamed = is_streamed(config.data.train)  # tar shards: read as they stream, never listed
     train_loads, dev_loads = (
-        read_manifests(config, config.data.train),
+        [] if streamed else read_manifests(config, config.data.train),
         read_manifests(config, config.data.dev),
     )
     skipped = {
@@ -103,9 +105,12 @@ def read_data(
         skipped["dev_clips"] = len(report.problems) - skipped["train_clips"]
         print(f"preflight: {report.decoded} clips decoded, {report.cached} known good, {len(report.problems)} "
               f"skipped{' in ' + ', '.join(sorted(bad)) if bad else ''}", file=sys.stderr)  # fmt: skip
+        if streamed:
+            print("preflight: the streamed training shards are not listed; their clips are checked as they "
+                  "decode (data.on_bad_line)", file=sys.stderr)  # fmt: skip
     train_records, origin = by_source(kept[: len(train_loads)])
     dev_records, _ = by_source(kept[len(train_loads) :])
-    if not train_records:
+    if not train_records and not streamed:
         names = ", ".join(as_source(s).path for s in config.data.train)
         raise ValueError(f"no usable training item in {names} (all lines were skipped)")
     weights = [as_source(s).weight for s in config.data.train]
@@ -196,26 +201,41 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
     load_tasks_files(config.data.tasks)  # before the manifests: records name these tasks
     model = build_model(config.model)
     objective = build_objective(config.objective)
+    # the plain objective decodes clip by clip (a bad clip costs only itself); one with its own batches
+    # (teacher text views) collates them whole
+    own_batches = type(objective).collate is not Objective.collate
+    streamed = is_streamed(config.data.train)
+    if streamed and own_batches:
+        raise ConfigError(
+            f"objective.type={config.objective.type} builds its own batches, which streamed tar shards do not "
+            "support yet; list the data (audiomoe data convert) or use objective.type=lm"
+        )
     train_records, origin, weights, dev_records, skipped = read_data(config)
-    selected = objective.select(train_records)  # e.g. CORD: only items with a transcript and a semantic task
+    # e.g. CORD: only items with a transcript and a semantic task (streamed records are not listed)
+    selected = train_records if streamed else objective.select(train_records)
     if len(selected) != len(train_records):
         kept = {id(r) for r in selected}
         origin = [o for r, o in zip(train_records, origin) if id(r) in kept]
         train_records = selected
     dev_records = dev_records[: config.data.max_dev_items]
     durations_from_headers = fill_durations(train_records)
-    cache = open_cache(config, model, train_records + dev_records, env)
-    batcher = RecordBatcher(train_records, model.processor, cache)
-    sampler = build_plan(train_records, origin, weights, config.data, config.seed, env.rank, env.world_size)
-    # the plain objective decodes clip by clip (a bad clip costs only itself); one with its own batches
-    # (teacher text views) collates them whole
-    own_batches = type(objective).collate is not Objective.collate
-    load = (
-        partial(collated_batch, objective.collate(batcher)) if own_batches else partial(decode_batch, batcher)
-    )
-    stream = LoaderStream(
-        sampler.batches, load, config.data.num_workers, skip_bad_clips=config.data.on_bad_line == "skip"
-    )
+    stream: LoaderStream | ShardStream
+    if streamed:
+        stream, sampler, cache = open_stream(config, model.processor, env.rank, env.world_size), None, None
+    else:
+        cache = open_cache(config, model, train_records + dev_records, env)
+        batcher = RecordBatcher(train_records, model.processor, cache)
+        sampler = build_plan(
+            train_records, origin, weights, config.data, config.seed, env.rank, env.world_size
+        )
+        load = (
+            partial(collated_batch, objective.collate(batcher))
+            if own_batches
+            else partial(decode_batch, batcher)
+        )
+        stream = LoaderStream(
+            sampler.batches, load, config.data.num_workers, skip_bad_clips=config.data.on_bad_line == "skip"
+        )
 
     evaluate = None
     if dev_records:
@@ -251,7 +271,9 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
         env=env,
         device=device,
         tracker=tracker,
-        fingerprint=config_fingerprint(config, env.world_size, len(train_records)),
+        fingerprint=config_fingerprint(
+            config, env.world_size, None if sampler is None else len(train_records)
+        ),
         objective=objective,
     )
     result = trainer.fit(resume=resume, allow_changes=allow_changes)
@@ -271,7 +293,8 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
                 f"refusing to save a model with non-finite weights to {model_dir} ({bad})"
             )
         # the tasks it was trained with, so `audiomoe eval` scores them the same way without --tasks
-        tasks = saved_tasks(r.task for r in train_records + dev_records)
+        trained = getattr(stream, "tasks", {r.task for r in train_records})  # streamed: the tasks seen
+        tasks = saved_tasks([*trained, *(r.task for r in dev_records)])
         try:
             with ckpt.write_errors_as_os_errors(model_dir):
                 exported.save_pretrained(model_dir)
@@ -291,9 +314,9 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
             "threads": torch.get_num_threads(),
             "params": model.param_summary(),
             "feature_cache": str(cache.dir) if cache is not None else None,
-            "train_items": len(train_records),
+            "train_items": len(train_records) if sampler is not None else None,  # streamed: not listed
             "durations_from_headers": durations_from_headers,
-            "padding_fraction": round(sampler.padding_fraction(0), 4),
+            "padding_fraction": None if sampler is None else round(sampler.padding_fraction(0), 4),
             "skipped": skipped,
             "non_finite_steps": result.non_finite_steps,
             "num_workers": config.data.num_workers,

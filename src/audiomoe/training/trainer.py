@@ -199,6 +199,8 @@ class Trainer:
             ckpt.begin_checkpoint(self.checkpoint_root, self.step)
         barrier(self.env)
         ckpt.save_object(ckpt.rng_state(), tmp / f"rng_rank{self.env.rank}.pt")
+        if getattr(self.stream, "per_rank_state", False):  # streamed shards: each rank is at its own position
+            ckpt.save_object(self.stream.state_dict(), tmp / f"stream_rank{self.env.rank}.pt")
         final = None
         if self.env.is_main:
             ckpt.save_tensors(model_state, tmp / ckpt.MODEL_FILE)
@@ -240,7 +242,9 @@ class Trainer:
         )
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.stream.load_state_dict(state["stream"])
+        per_rank = path / f"stream_rank{self.env.rank}.pt"
+        streamed = getattr(self.stream, "per_rank_state", False) and per_rank.is_file()
+        self.stream.load_state_dict(ckpt.load_object(per_rank) if streamed else state["stream"])
         self.step = int(state["step"])
         self.train_seconds = float(state["train_seconds"])
         self.non_finite_steps = int(state.get("non_finite_steps", 0))

@@ -1,5 +1,5 @@
-"""``audiomoe data validate|convert|import-folder``: check manifests line by line (any format), write any format
-as native JSONL, make a manifest from a folder of labelled recordings."""
+"""``audiomoe data validate|convert|shard|import-folder``: check manifests line by line (any format), write any
+format as native JSONL or as tar shards, make a manifest from a folder of labelled recordings."""
 
 from __future__ import annotations
 
@@ -44,6 +44,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="tabular formats: read native FIELD from COLUMN (repeatable)")  # fmt: skip
     conv.add_argument("--on-bad-line", choices=["fail", "skip"], default="fail")
     conv.set_defaults(func=run_convert)
+
+    shard = sub.add_parser(
+        "shard", help="write any accepted source as WebDataset-style tar shards (streamed)"
+    )
+    shard.add_argument("source", metavar="IN")
+    shard.add_argument("out_dir", metavar="OUTDIR", help="folder for shard-000000.tar, ...")
+    shard.add_argument("--shard-size", type=int, default=1000, help="records per shard (default 1000)")
+    shard.add_argument("--prefix", default="shard", help="shard file name prefix (default shard)")
+    shard.add_argument(
+        "--tasks", nargs="+", default=[], metavar="FILE", help="tasks files declaring the tasks"
+    )
+    shard.add_argument("--task", default="", help="task of records that name none")
+    shard.add_argument("--on-bad-line", choices=["fail", "skip"], default="fail")
+    shard.set_defaults(func=run_shard)
 
     imp = sub.add_parser("import-folder", help="make a manifest from a folder of labelled audio files")
     imp.add_argument("folder")
@@ -112,6 +126,20 @@ def run_convert(args: argparse.Namespace) -> int:
         print(loaded.summary(), file=sys.stderr)
     count = write_manifest(loaded.records, args.out)
     print(f"wrote {count} records to {args.out}")
+    return 0
+
+
+def run_shard(args: argparse.Namespace) -> int:
+    from audiomoe.data.manifest import load_manifest
+    from audiomoe.data.shards import write_shards
+    from audiomoe.data.sources import Source
+
+    load_tasks(args.tasks)
+    loaded = load_manifest(Source(args.source, task=args.task), on_error=args.on_bad_line)
+    if loaded.problems:
+        print(loaded.summary(), file=sys.stderr)
+    shards = write_shards(loaded.records, args.out_dir, args.shard_size, args.prefix)
+    print(f"wrote {len(loaded.records)} records in {len(shards)} shards to {args.out_dir}")
     return 0
 
 
