@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import resource
-import time
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -49,6 +48,7 @@ from audiomoe.recipes.demo.encoding import trim_effect_on_results, trim_measurem
 from audiomoe.recipes.demo.foundation import ensure_foundation
 from audiomoe.recipes.demo.report import competence, render_markdown
 from audiomoe.recipes.demo.settings import PROFILES, REFERENCE_ARM, DemoSettings
+from audiomoe.recipes.stages import StageClock
 from audiomoe.runtime import configure_threads, machine_info, resolve_precision
 
 
@@ -83,14 +83,7 @@ def run_demo(
         settings = settings.with_seeds(seeds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(name: str, since: float) -> float:
-        now = time.perf_counter()
-        timings[name] = round(now - since, 1)
-        print(f"[demo] {name}: {timings[name]:.1f} s", flush=True)
-        return now
+    clock = StageClock("demo")
 
     machine = machine_info()
     n_workers = workers or settings.workers or default_workers()
@@ -105,13 +98,13 @@ def run_demo(
         train_manifest = corpus_dir / "train-asr.jsonl"
     train_records = read_manifest(train_manifest)  # read once: encoding and the precision probe use it
     views = views or {"records": len(train_records), "asr_views": 0}
-    t = lap("corpus", started)
+    clock.lap("corpus")
     if settings.foundation_steps:
         foundation = ensure_foundation(out / f"foundation{tag}", settings, corpus_dir / "train.jsonl")
     else:
         foundation = {"pretrained": to_dict(build_preset(settings.preset, "linear").llm)}
     overrides = settings.model_overrides(foundation.get("path", ""))
-    t = lap("foundation", t)
+    clock.lap("foundation")
 
     probe = AudioLanguageModel(build_preset(settings.preset, "linear", **overrides))
     adapters = arm_adapters(settings, probe.encoder.hidden_size, probe.llm.config.hidden_size)
@@ -123,7 +116,7 @@ def run_demo(
     FeatureCache(cache_dir, probe).ensure(
         sorted({r.audio for r in train_records + held_out}), progress=not quick
     )
-    t = lap("encode", t)
+    clock.lap("encode")
     # bf16 only where native (runtime) *and* faster for this workload (a few timed steps of an arm's model)
     native = resolve_precision(settings.precision, "cpu")
     candidates = ("fp32", "bf16") if settings.precision == "auto" and native == "bf16" else (native,)
@@ -137,13 +130,13 @@ def run_demo(
     )
     precision = precision_choice["chosen"]
     del arm_model
-    t = lap("precision", t)
+    clock.lap("precision")
     trim_records = test_records[: settings.trim_probe_clips]
     # its own cache: the encoding times must not find the clips already encoded by the stage above
     trim_cache = out / f"cache-trim-probe{tag}"
     trim = trim_measurement(probe, trim_records, trim_cache, out / f"trim{tag}-{len(trim_records)}.json")
     del probe
-    t = lap("trim_measurement", t)
+    clock.lap("trim_measurement")
 
     jobs = [
         ArmJob(arm=arm, seed=seed, adapter=adapters[arm], settings=settings, precision=precision,
@@ -162,21 +155,21 @@ def run_demo(
         )
 
     results = run_arms(jobs, n_workers, on_done=done)
-    t = lap("arms", t)
+    clock.lap("arms")
 
     evals: dict[str, list[dict[str, Any]]] = {arm: [] for arm in settings.arms}
     for result in results:
         evals[result["arm"]].append(json.loads(Path(result["eval"]).read_text()))
     comparison = compare(evals, reference=REFERENCE_ARM)
     comparison["forest_plot"] = forest_plot(comparison, out / "forest.png").name
-    t = lap("statistics", t)
+    clock.lap("statistics")
 
     seed0 = {r["arm"]: r for r in results if r["seed"] == settings.seeds[0]}
     moe_model = AudioLanguageModel.from_pretrained(seed0[REFERENCE_ARM]["model_dir"]).eval()
     trim.update(trim_effect_on_results(moe_model, trim_records, trim_cache, settings))
     del moe_model
     analysis = analyze_arms(seed0, held_out, cache_dir, out / "analysis") if settings.analyse else {}
-    t = lap("analysis", t)
+    clock.lap("analysis")
 
     arms = {arm: summarise_arm(adapters[arm], [r for r in results if r["arm"] == arm], evals[arm])
             for arm in settings.arms}  # fmt: skip
@@ -205,8 +198,8 @@ def run_demo(
         "comparison": comparison,
         "competence": competence(comparison),
         "analysis": analysis,
-        "timings": timings,
-        "wall_seconds": round(time.perf_counter() - started, 1),
+        "timings": clock.timings,
+        "wall_seconds": round(clock.elapsed(), 1),
         "peak_rss_gib": round(peak_rss_gib(results, n_workers), 2),
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -48,6 +47,7 @@ from audiomoe.recipes.siblings.arms import (
 )
 from audiomoe.recipes.siblings.report import distillation_summary, render_markdown
 from audiomoe.recipes.siblings.settings import PROFILES, SiblingsSettings
+from audiomoe.recipes.stages import StageClock
 from audiomoe.runtime import configure_threads, machine_info
 from audiomoe.training.objectives.distill import usable_for_distillation
 from audiomoe.training.upcycle import upcycle_model
@@ -84,14 +84,7 @@ def run_siblings(
     demo = settings.demo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(name: str, since: float) -> float:
-        now = time.perf_counter()
-        timings[name] = round(now - since, 1)
-        print(f"[siblings] {name}: {timings[name]:.1f} s", flush=True)
-        return now
+    clock = StageClock("siblings")
 
     n_workers = workers or default_workers()
     configure_threads()
@@ -103,7 +96,7 @@ def run_siblings(
     text_views = write_foundation_manifest(train_manifest, corpus_dir / "foundation.jsonl")
     foundation = ensure_foundation(out / "foundation", demo, corpus_dir / "foundation.jsonl")
     overrides = demo.model_overrides(foundation["path"])
-    t = lap("corpus_and_foundation", started)
+    clock.lap("corpus_and_foundation")
 
     probe = AudioLanguageModel(build_preset(demo.preset, "linear", **overrides))
     adapters = architecture_adapters(settings, probe.encoder.hidden_size, probe.llm.config.hidden_size)
@@ -111,7 +104,7 @@ def run_siblings(
     records = read_manifest(asr_manifest) + read_manifest(test_manifest)
     FeatureCache(cache_dir, probe).ensure(sorted({r.audio for r in records}), progress=False)
     del probe
-    t = lap("encode", t)
+    clock.lap("encode")
 
     def job(arm: str, seed: int, steps: int, model: dict[str, Any], **train: Any) -> SiblingJob:
         config = {
@@ -136,7 +129,7 @@ def run_siblings(
     first = [scratch(arm, s, settings.steps) for s in settings.seeds for arm in ARCH_ARMS]
     first += [scratch("mlp-narrow", s, half) for s in settings.seeds]
     results = run_arms(first, n_workers, on_done=done, runner=run_job)
-    t = lap("architecture_arms", t)
+    clock.lap("architecture_arms")
 
     by = {(r["arm"], r["seed"]): r for r in results}
     second, upcycle_reports = [], {}
@@ -155,7 +148,7 @@ def run_siblings(
                           objective={"type": "text_lm"}, **text_data))  # fmt: skip
     results += run_arms(second, n_workers, on_done=done, runner=run_job)
     by = {(r["arm"], r["seed"]): r for r in results}
-    t = lap("upcycled_and_text_path_arms", t)
+    clock.lap("upcycled_and_text_path_arms")
 
     third = []
     for s in settings.seeds:
@@ -171,7 +164,7 @@ def run_siblings(
                 job(objective, s, settings.distill_steps, base, objective=objective_config, **distill)
             )
     results += run_arms(third, n_workers, on_done=done, runner=run_job)
-    t = lap("distillation_arms", t)
+    clock.lap("distillation_arms")
 
     evals: dict[str, list[dict[str, Any]]] = {}
     for result in results:
@@ -181,7 +174,7 @@ def run_siblings(
     distill_evals = {START: evals[TEXT_ARM], "moe": evals["moe"], **{a: evals[a] for a in DISTILL_ARMS}}
     distillation = compare(distill_evals, reference="cord")
     versus_base = compare(distill_evals, reference=START)
-    t = lap("statistics", t)
+    clock.lap("statistics")
 
     runs = {arm: {"train_seconds_mean": round(fmean(r["train_seconds"] for r in results if r["arm"] == arm), 1),
                   "final_loss_mean": fmean(r["final_loss"] for r in results if r["arm"] == arm),
@@ -205,8 +198,8 @@ def run_siblings(
         "upcycling": upcycling,
         "distillation": distillation,
         "distillation_summary": distillation_summary(evals[TEXT_ARM], versus_base, DISTILL_ARMS, START),
-        "timings": timings,
-        "wall_seconds": round(time.perf_counter() - started, 1),
+        "timings": clock.timings,
+        "wall_seconds": round(clock.elapsed(), 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     (out / "report.md").write_text(render_markdown(report))
