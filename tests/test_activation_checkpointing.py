@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from audiomoe.benchmarks.activation_memory import run_benchmark, saved_bytes, synthetic_batch
 from audiomoe.config import ConfigError
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.models.presets import build_preset
@@ -17,23 +18,6 @@ def _model(**freeze: bool) -> AudioLanguageModel:
     return AudioLanguageModel(config).float()
 
 
-def _batch(model: AudioLanguageModel) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    n_mels = model.encoder.n_mels
-    frames = 200
-    n_audio = int(model.audio_token_lengths(torch.tensor([frames]))[0])
-    ids = torch.randint(3, 200, (2, n_audio + 8), generator=g)
-    ids[ids == model.audio_token_id] = 3
-    ids[:, :n_audio] = model.audio_token_id
-    return {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "labels": torch.where(ids == model.audio_token_id, -100, ids),
-        "audio_features": torch.randn(2, n_mels, model.encoder.window, generator=g),
-        "audio_lengths": torch.tensor([frames] * 2),
-    }
-
-
 def _grads(model: AudioLanguageModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     model.train()
     torch.manual_seed(1)
@@ -41,33 +25,18 @@ def _grads(model: AudioLanguageModel, batch: dict[str, torch.Tensor]) -> dict[st
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def saved_bytes(model: AudioLanguageModel, batch: dict[str, torch.Tensor]) -> int:
-    """Bytes of the tensors autograd keeps for the backward outside checkpointed regions, over one forward."""
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(**batch)
-    return total
-
-
 def test_gradients_equal_with_and_without_checkpointing() -> None:
     plain, checkpointed = _model(), _model()
     checkpointed.load_state_dict(plain.state_dict())
     how = apply_activation_checkpointing(checkpointed)
     assert how == {"llm": "transformers", "encoder": "transformers"}
-    batch = _batch(plain)
+    batch = synthetic_batch(plain)
     want, got = _grads(plain, batch), _grads(checkpointed, batch)
     assert want.keys() == got.keys() and any(n.startswith("encoder.") for n in want)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
     # and it really checkpointed: far fewer bytes are kept for the backward (46 MB -> 13 MB when written)
-    assert saved_bytes(checkpointed, batch) < 0.5 * saved_bytes(plain, batch)
+    assert saved_bytes(checkpointed, batch)[0] < 0.5 * saved_bytes(plain, batch)[0]
 
 
 def test_frozen_encoder_is_left_alone_and_all_frozen_is_refused() -> None:
@@ -102,3 +71,10 @@ def test_non_transformers_module_uses_torch_checkpoint() -> None:
 def test_train_prefixed_override_is_accepted() -> None:
     assert load_train_config(None, ["train.activation_checkpointing=true"]).activation_checkpointing
     assert not load_train_config(None, []).activation_checkpointing
+
+
+def test_memory_benchmark_reports_both_arms_on_the_same_step() -> None:
+    result = run_benchmark(batch_size=1, seconds=2.0, device="cpu")
+    assert result["with"]["checkpointing"] == {"llm": "transformers", "encoder": "transformers"}
+    assert result["without"]["loss"] == pytest.approx(result["with"]["loss"], rel=1e-6)
+    assert 0 < result["saved_ratio"] < 0.5 and result["with"]["peak_mb"] is None
