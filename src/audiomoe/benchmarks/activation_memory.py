@@ -34,7 +34,7 @@ def synthetic_batch(
     ids = torch.randint(3, 200, (batch_size, n_audio + text_tokens), generator=g)
     ids[ids == model.audio_token_id] = 3
     ids[:, :n_audio] = model.audio_token_id
-    width = max(frames, model.encoder.window)
+    width = -(-frames // model.encoder.window) * model.encoder.window  # whole encoder windows
     return {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
