@@ -207,3 +207,22 @@ def test_feature_cache_benchmark_runs_from_the_cli(corpus: Path, tmp_path: Path)
     result = json.loads(out.read_text())
     assert result["cache_fill_clips"] == 8 and set(result["median_step_seconds"]) == {"recompute", "cache"}
     assert result["speedup"] > 0 and result["steps"] == 2
+
+
+def test_activation_checkpointing_trains_the_same_curve(corpus: Path, tmp_path: Path) -> None:
+    curves = []
+    for on in ("false", "true"):
+        run = tmp_path / on
+        overrides = [
+            f"data.train=[{corpus / 'train.jsonl'}]",
+            "data.batch_size=4",
+            f"out_dir={run}",
+            "steps=2",
+            "progress=false",
+            "precision=fp32",
+            "model.preset=tiny",
+            f"train.activation_checkpointing={on}",
+        ]
+        train(load_train_config(None, overrides))
+        curves.append([json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()])
+    assert len(curves[0]) == 2 and curves[1] == pytest.approx(curves[0], rel=1e-5)

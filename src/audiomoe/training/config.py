@@ -125,6 +125,16 @@ class ObjectiveSection:
 
 
 @dataclass
+class LogSection:
+    """Where metrics go besides ``RUN/metrics.jsonl`` (``audiomoe.training.loggers``): ``backends`` from
+    ``jsonl``, ``tensorboard``, ``wandb``. Empty = ``jsonl`` + TensorBoard when installed and ``tensorboard``
+    is true; a backend named here that is not installed stops the run with one line naming its pip extra."""
+
+    backends: list[str] = field(default_factory=list)
+    wandb_project: str = "audiomoe"
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run needs. Steps count optimizer updates (each ``grad_accum`` micro-batches)."""
 
@@ -149,8 +159,12 @@ class TrainConfig:
     # DDP: MoE experts that receive no token in a step get no gradient; false is faster when every parameter is used
     find_unused_parameters: bool = True
     compile: bool = False
+    # recompute the trainable LLM's / encoder's layer activations in the backward (training/activation_checkpointing)
+    activation_checkpointing: bool = False
     progress: bool = True
-    tensorboard: bool = True  # used when the tensorboard package is installed
+    # with log.backends empty: TensorBoard too when the tensorboard package is installed (the older switch)
+    tensorboard: bool = True
+    log: LogSection = field(default_factory=LogSection)
     # Gradient conflict between audio categories (speech / sound / music) on fixed probe batches, every N optimizer
     # steps, logged to metrics.jsonl as grad/* (0 = off; about 2-3% overhead at 100 on the tiny LALM)
     grad_conflict_every: int = 0
@@ -181,6 +195,8 @@ class TrainConfig:
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """YAML + dotted overrides -> :class:`TrainConfig` (unknown keys and bad values raise ``ConfigError``);
     the config's ``plugins`` are imported."""
+    # `train.KEY=...` (the spelling in docs and issues) names the top-level key KEY
+    overrides = [o[len("train.") :] if o.startswith("train.") else o for o in overrides or []]
     config = load_config(TrainConfig, path, overrides)
     where = f"plugins in {path}" if path else "the plugins= override"
     base_dir = resolve_config(path).parent if path else None

@@ -9,7 +9,7 @@ The loop is generic over
 
 Per optimizer step: ``grad_accum`` micro-batches under autocast (DDP gradient sync only on the last one), gradient
 clipping, AdamW, warmup + cosine LR. Every ``log_every`` steps one JSON line goes to ``RUN/metrics.jsonl`` (and to
-TensorBoard when installed); checkpoints are atomic and carry everything needed for an exact resume.
+the ``log.backends``, training/loggers); checkpoints are atomic and carry everything needed for an exact resume.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from audiomoe.analysis.gradients import GradientConflictTracker
 from audiomoe.config import ConfigError, save_yaml
 from audiomoe.tensors import to_device
 from audiomoe.training import checkpoint as ckpt
+from audiomoe.training.activation_checkpointing import apply_activation_checkpointing
 from audiomoe.training.config import TrainConfig
 from audiomoe.training.distributed import (
     DistEnv,
@@ -51,6 +52,7 @@ from audiomoe.training.distributed import (
     wrap_model,
 )
 from audiomoe.training.fingerprint import check_resume, config_fingerprint
+from audiomoe.training.loggers import MetricLogger, open_loggers
 from audiomoe.training.objectives import Objective, build_objective
 from audiomoe.training.stream import BatchStream
 
@@ -147,6 +149,10 @@ class Trainer:
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
         model.to(self.device)
+        if (
+            config.activation_checkpointing
+        ):  # before wrapping / compiling: they must see the checkpointed forward
+            self.checkpointing = apply_activation_checkpointing(model)
         strategy = config.strategy if config.strategy != "auto" else "ddp"
         self.model = wrap_model(
             model, self.env, self.device, strategy, config.fsdp_wrap, config.find_unused_parameters
@@ -171,7 +177,8 @@ class Trainer:
         self.train_seconds = 0.0
         self.non_finite_steps = 0
         self.eval_error = ""
-        self._tb: Any = None
+        self._loggers: list[MetricLogger] = []  # log.backends besides metrics.jsonl (training/loggers)
+        self.checkpointing: dict[str, str] = {}
         # what a --resume must find unchanged (run.py adds the data; a bare Trainer fingerprints the config)
         self.fingerprint = fingerprint or config_fingerprint(config, world_size=self.env.world_size)
 
@@ -304,7 +311,7 @@ class Trainer:
                 self._trim_metrics(resumed_step)
         except OSError as err:
             raise ckpt.storage_error(err, self.run_dir, "the run's logs") from None
-        self._open_tensorboard(resumed_step)
+        self._loggers = open_loggers(self.run_dir, self.config, resumed_step)
 
     def _trim_metrics(self, resumed_step: int) -> None:
         """A killed run may have logged steps after its last checkpoint: drop them so the file stays one curve.
@@ -331,15 +338,6 @@ class Trainer:
                 keep.append(line)
         self.metrics_path.write_text("".join(line + "\n" for line in keep))
 
-    def _open_tensorboard(self, resumed_step: int) -> None:
-        if self.config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                self._tb = None
-            else:
-                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resumed_step + 1)
-
     def log(self, record: dict[str, Any]) -> None:
         if not self.env.is_main:
             return
@@ -351,11 +349,8 @@ class Trainer:
                 handle.write(json.dumps(record, allow_nan=False) + "\n")
         except OSError as err:
             raise ckpt.storage_error(err, self.metrics_path, "metrics") from None
-        if self._tb is not None:
-            prefix = record.get("split", "train")
-            for key, value in record.items():
-                if key not in ("step", "split") and isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"{prefix}/{key}", value, record["step"])
+        for logger in self._loggers:
+            logger.log(record)
 
     def run_eval(self) -> dict[str, float]:
         """Dev evaluation on rank 0 with the unwrapped model (other ranks wait)."""
@@ -499,8 +494,8 @@ class Trainer:
         bar.close()
         self.save_checkpoint()  # before the final evaluation: nothing an evaluation does can cost the run
         self.run_eval()
-        if self._tb is not None:
-            self._tb.close()
+        for logger in self._loggers:
+            logger.close()
         return TrainResult(
             self.step,
             loss_value,

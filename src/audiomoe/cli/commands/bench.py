@@ -74,6 +74,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
     s.add_argument("--json", type=Path, help="write the numbers here")
     s.set_defaults(func=run_serve)
+    k = which.add_parser(
+        "checkpointing", help="tiny-LALM step memory with vs without activation checkpointing"
+    )
+    k.add_argument("--batch-size", type=positive_int, default=4)
+    k.add_argument("--seconds", type=float, default=10.0, help="audio per clip")
+    k.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
+    k.add_argument("--json", type=Path, help="write the numbers here")
+    k.set_defaults(func=run_checkpointing)
+    t = which.add_parser("step", help="one LALM training step by phase + step-time scaling plots")
+    t.add_argument("--preset", default="tiny", help="tiny, whisper-tiny-en, real-small (weights needed)")
+    t.add_argument("--steps", type=positive_int, default=5, help="measured steps per point (medians)")
+    t.add_argument("--batch-size", type=positive_int, default=4)
+    t.add_argument("--seconds", type=float, default=10.0, help="audio per clip for the breakdown")
+    t.add_argument("--out", type=Path, default=Path("bench-step"), help="plots and step.json go here")
+    t.set_defaults(func=run_step)
     d = which.add_parser(
         "data", help="clips/s of decoding + features with 0/1/2 DataLoader workers, step time hidden"
     )
@@ -104,6 +119,23 @@ def run_contention(args: argparse.Namespace) -> int:
 
     result = run_benchmark(args.steps, args.repeats, args.phase_seconds, args.precision, preset=args.preset)
     return report(result, format_report(result), args.json)
+
+
+def run_checkpointing(args: argparse.Namespace) -> int:
+    from audiomoe.benchmarks.activation_memory import format_report, run_benchmark
+
+    result = run_benchmark(args.batch_size, args.seconds, args.device)
+    return report(result, format_report(result), args.json)
+
+
+def run_step(args: argparse.Namespace) -> int:
+    from audiomoe.benchmarks.step import format_report, run_benchmark, write_plots
+
+    result = run_benchmark(args.preset, args.steps, args.batch_size, args.seconds)
+    paths = write_plots(result, args.out)
+    print(format_report(result))
+    print(f"wrote {args.out / 'step.json'} and {len(paths)} plots")
+    return 0
 
 
 def run_feature_cache(args: argparse.Namespace) -> int:

@@ -1,0 +1,152 @@
+"""``audiomoe bench step``: one LALM training step broken into phases, and how the step grows.
+
+Phases, timed with ``time.perf_counter`` around each (CUDA synchronised before every reading), medians of
+``steps`` steps after one warm-up: ``data`` (building the batch tensors: synthetic random clips and tokens, so it
+is the collate / transfer cost, not audio decoding), ``encoder`` (a frozen encoder runs without autograd; a feature cache would
+replace it by a read), ``adapter`` (adapter
++ writing its tokens into the LLM's input embeddings), ``llm_forward`` (LLM forward and loss), ``backward`` and
+``optimizer`` (AdamW step + zero_grad). Shares are each phase's median over the sum of medians.
+
+Scaling curves (total step time, medians): clip length, batch size, number of experts at fixed top-k (fixed
+active parameters per token), top-k; written as PNG plots with matplotlib.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from audiomoe.benchmarks.activation_memory import synthetic_batch
+from audiomoe.models.lalm import AudioLanguageModel
+from audiomoe.models.presets import build_preset
+
+PHASES = ("data", "encoder", "adapter", "llm_forward", "backward", "optimizer")
+
+
+def _model(preset: str, adapter: dict[str, Any]) -> AudioLanguageModel:
+    return AudioLanguageModel(build_preset(preset, "moe", adapter=adapter)).float()
+
+
+def time_step(model: AudioLanguageModel, batch_size: int, seconds: float, steps: int) -> dict[str, float]:
+    """Median seconds per phase over ``steps`` training steps (after one warm-up step)."""
+    device = next(model.parameters()).device
+    sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+    samples: dict[str, list[float]] = {name: [] for name in PHASES}
+    marks: list[float] = []
+
+    def mark() -> None:
+        sync()
+        marks.append(time.perf_counter())
+
+    for step in range(steps + 1):
+        marks.clear()
+        mark()
+
+        batch = {
+            k: v.to(device)
+            for k, v in synthetic_batch(model, batch_size, int(seconds * 100), seed=step).items()
+        }
+        mark()
+        hidden, mask = model.encode_audio(batch["audio_features"], batch["audio_lengths"])
+        mark()
+        embeds, _ = model._input_embeds(batch["input_ids"], None, None, hidden, mask)
+        mark()
+        out = model.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
+        mark()
+        out.loss.backward()
+        mark()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        mark()
+        if step:  # the first step warms allocator and kernels
+            for name, start, end in zip(PHASES, marks[:-1], marks[1:], strict=True):
+                samples[name].append(end - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def run_benchmark(
+    preset: str = "tiny",
+    steps: int = 5,
+    batch_size: int = 4,
+    seconds: float = 10.0,
+    clip_seconds: tuple[float, ...] = (2, 10, 30, 60),
+    batches: tuple[int, ...] = (1, 4, 8),
+    experts: tuple[int, ...] = (4, 8, 16),
+    top_ks: tuple[int, ...] = (1, 2, 4),
+) -> dict[str, Any]:
+    """The breakdown at (``batch_size``, ``seconds``) and the four scaling curves (total step seconds)."""
+    model = _model(preset, {})
+    phases = time_step(model, batch_size, seconds, steps)
+    total = sum(phases.values())
+    curves: dict[str, list[list[float]]] = {
+        "clip_seconds": [],
+        "batch_size": [],
+        "num_experts": [],
+        "top_k": [],
+    }
+    for s in clip_seconds:
+        curves["clip_seconds"].append([s, sum(time_step(model, batch_size, s, steps).values())])
+    for b in batches:
+        curves["batch_size"].append([b, sum(time_step(model, b, seconds, steps).values())])
+    for e in experts:
+        m = _model(preset, {"num_experts": e, "top_k": min(2, e)})
+        curves["num_experts"].append([e, sum(time_step(m, batch_size, seconds, steps).values())])
+    for k in top_ks:
+        m = _model(preset, {"num_experts": max(8, k), "top_k": k})
+        curves["top_k"].append([k, sum(time_step(m, batch_size, seconds, steps).values())])
+    return {
+        "preset": preset,
+        "device": str(next(model.parameters()).device),
+        "threads": torch.get_num_threads(),
+        "steps": steps,
+        "batch_size": batch_size,
+        "clip_seconds": seconds,
+        "phases_s": phases,
+        "shares": {name: value / total for name, value in phases.items()},
+        "step_s": total,
+        "curves": curves,
+    }
+
+
+def write_plots(result: dict[str, Any], out: Path) -> list[Path]:
+    """One PNG per scaling curve in ``out`` (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, points in result["curves"].items():
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.plot([p[0] for p in points], [p[1] * 1000 for p in points], marker="o")
+        ax.set_xlabel(name)
+        ax.set_ylabel("step time (ms, median)")
+        ax.set_title(f"{result['preset']}: step time vs {name}")
+        fig.tight_layout()
+        path = out / f"step_vs_{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    (out / "step.json").write_text(json.dumps(result, indent=2))
+    return paths
+
+
+def format_report(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['preset']} LALM training step, {result['device']}, {result['threads']} threads, batch "
+        f"{result['batch_size']} x {result['clip_seconds']:g} s: {result['step_s'] * 1000:.1f} ms (medians of "
+        f"{result['steps']})"
+    ]
+    for name in PHASES:
+        lines.append(f"  {name:12s} {result['phases_s'][name] * 1000:8.1f} ms  {result['shares'][name]:6.1%}")
+    lines.append(f"  adapter share of the step: {result['shares']['adapter']:.1%}")
+    return "\n".join(lines)
