@@ -149,10 +149,10 @@ class Trainer:
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
         model.to(self.device)
-        if (
-            config.activation_checkpointing
-        ):  # before wrapping / compiling: they must see the checkpointed forward
-            self.checkpointing = apply_activation_checkpointing(model)
+        # which components recompute their activations; before wrapping / compiling, which must see it
+        self.checkpointing: dict[str, str] = (
+            apply_activation_checkpointing(model) if config.activation_checkpointing else {}
+        )
         strategy = config.strategy if config.strategy != "auto" else "ddp"
         self.model = wrap_model(
             model, self.env, self.device, strategy, config.fsdp_wrap, config.find_unused_parameters
@@ -178,7 +178,6 @@ class Trainer:
         self.non_finite_steps = 0
         self.eval_error = ""
         self._loggers: list[MetricLogger] = []  # log.backends besides metrics.jsonl (training/loggers)
-        self.checkpointing: dict[str, str] = {}
         # what a --resume must find unchanged (run.py adds the data; a bare Trainer fingerprints the config)
         self.fingerprint = fingerprint or config_fingerprint(config, world_size=self.env.world_size)
 
