@@ -58,9 +58,14 @@ def saved_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple
     return total, loss
 
 
-def _arm(checkpointing: bool, state: dict[str, Any], batch: dict[str, Any], device: torch.device) -> dict:
+def _trainable_tiny() -> AudioLanguageModel:
+    """The tiny MoE LALM with encoder, adapter and LLM all trainable (so both can be checkpointed), fp32."""
     config = build_preset("tiny", "moe", freeze={"encoder": False, "adapter": False, "llm": False})
-    model = AudioLanguageModel(config).float()
+    return AudioLanguageModel(config).float()
+
+
+def _arm(checkpointing: bool, state: dict[str, Any], batch: dict[str, Any], device: torch.device) -> dict:
+    model = _trainable_tiny()
     model.load_state_dict(state)
     how = apply_activation_checkpointing(model) if checkpointing else {}
     model.to(device).train()
@@ -81,8 +86,7 @@ def run_benchmark(batch_size: int = 4, seconds: float = 10.0, device: str = "aut
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
     )
-    config = build_preset("tiny", "moe", freeze={"encoder": False, "adapter": False, "llm": False})
-    model = AudioLanguageModel(config).float()
+    model = _trainable_tiny()
     batch = synthetic_batch(model, batch_size, frames=int(seconds * 100))
     state = model.state_dict()
     plain, checkpointed = _arm(False, state, batch, dev), _arm(True, state, batch, dev)

@@ -97,13 +97,12 @@ class WandbLogger:
 @dataclass(frozen=True)
 class Backend:
     open: Callable[[Path, TrainConfig, int], MetricLogger] | None  # None: written by the trainer itself
-    extra: str = ""
 
 
 BACKENDS: dict[str, Backend] = {
     "jsonl": Backend(None),
-    "tensorboard": Backend(TensorBoardLogger, "tensorboard"),
-    "wandb": Backend(WandbLogger, "wandb"),
+    "tensorboard": Backend(TensorBoardLogger),
+    "wandb": Backend(WandbLogger),
 }
 
 
