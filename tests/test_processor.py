@@ -104,3 +104,24 @@ def test_processor_save_load_without_the_model(model, tmp_path) -> None:
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
+
+
+def test_memoised_prompts_give_the_same_batch_and_cannot_be_corrupted_by_callers(model) -> None:
+    proc = model.processor
+    clips = [_noise(1.0), _noise(0.55, 1)]
+    prompts, answers = ["<audio> What do you hear?", "<audio> Name it."], ["dog", "a cat"]
+    proc._text_memo.clear()
+    first = proc(prompts, clips, answers=answers)
+    assert len(proc._text_memo) == 2  # one entry per (conversation, answer)
+    segments, answer_ids = proc._text_ids([{"role": "user", "content": prompts[0]}], "dog")
+    segments[0].append(-1)  # a caller mutating what it got back must not change the next batch
+    answer_ids.clear()
+    again = proc(prompts, clips, answers=answers)
+    proc._text_memo.clear()
+    fresh = proc(prompts, clips, answers=answers)
+    for key in ("input_ids", "labels", "attention_mask"):
+        assert torch.equal(first[key], again[key]) and torch.equal(first[key], fresh[key])
+    # the same prompt with another answer is another entry, with that answer's labels
+    other = proc(prompts[:1], clips[:1], answers=["bird"])
+    supervised = other["labels"][0][other["labels"][0] != IGNORE_INDEX]
+    assert proc.tokenizer.decode(supervised) == "bird<|im_end|>\n"
