@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from audiomoe.adapters import kernels
 from audiomoe.cli.main import main as cli
 from audiomoe.data.manifest import read_manifest
 from audiomoe.models.batching import RecordBatcher
@@ -179,10 +180,18 @@ def test_training_updates_sigmoid_router_bias_and_tracks_gradient_conflict(
             "grad_conflict_every=2",
         ],
     )
+    kernels.reset_auto_choices()  # the choices are per process: earlier tests may have met these shapes
     result = train(config)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     grad = [r for r in records if r.get("split") == "grad"]
     assert [r["step"] for r in grad] == [2, 4]
+    # kernel: auto says what it chose at the step that first met a shape class: at step 1 the gate_up and the
+    # down projection; later steps where a batch's frame count fell in a new power-of-two class, or where the
+    # gradient-conflict probe (fp32, outside autocast) met one
+    chosen = [r for r in records if r.get("split") == "kernel_choice"]
+    assert chosen[0]["step"] == 1 and len(chosen[0]["choices"]) == 2
+    assert all(r["choices"] for r in chosen) and len({r["step"] for r in chosen}) == len(chosen)
+    assert all(c["backward"] and c["kernel"] in ("loop", "grouped_mm") for r in chosen for c in r["choices"])
     assert all(0.0 <= r["grad/conflict_ratio"] <= 1.0 and "grad/cos/sound|music" in r for r in grad)
     bias = AudioLanguageModel.from_pretrained(result.model_dir).adapter.moe.gate.e_score_correction_bias
     assert bias.abs().sum() > 0  # 4 steps x rate 0.01 moved it

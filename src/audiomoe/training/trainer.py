@@ -34,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from tqdm.auto import tqdm
 
 from audiomoe import runtime
+from audiomoe.adapters import kernels
 from audiomoe.adapters.moe import attach_router_bias_update
 from audiomoe.analysis.gradients import GradientConflictTracker
 from audiomoe.config import ConfigError, save_yaml
@@ -422,6 +423,7 @@ class Trainer:
         )
         loss_value = float("nan")
         consecutive_bad = 0
+        kernel_choices_reported = 0
         while self.step < cfg.steps:
             started = time.perf_counter()
             sums = torch.zeros(3, dtype=torch.float64)  # loss, aux_loss, lm_loss summed over micro-batches
@@ -462,6 +464,7 @@ class Trainer:
             self.train_seconds += elapsed
             # measured outside the timed step; main rank only, on the unwrapped model (no DDP collectives)
             conflict = self.tracker.maybe_update(self.step) if self.tracker and self.env.is_main else None
+            kernel_choices_reported = self._report_kernel_choices(kernel_choices_reported)
 
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 loss_value, aux_value, lm_value = (
@@ -503,6 +506,22 @@ class Trainer:
             non_finite_steps=self.non_finite_steps,
             eval_error=self.eval_error,
         )
+
+    def _report_kernel_choices(self, already: int) -> int:
+        """Say what ``kernel: auto`` chose for the shapes met since the last report (printed and in
+        metrics.jsonl as ``split: kernel_choice``); returns how many choices are reported now."""
+        choices = kernels.auto_choices()
+        if len(choices) > already and self.env.is_main:
+            for choice in choices[already:]:
+                tqdm.write(choice.describe())
+            self.log(
+                {
+                    "step": self.step,
+                    "split": "kernel_choice",
+                    "choices": [dataclasses.asdict(c) for c in choices[already:]],
+                }
+            )
+        return len(choices)
 
     # ------------------------------------------------------------------------------------ non-finite steps
     def _finite_step(self, loss_sum: float, grad_norm: float) -> bool:

@@ -1,0 +1,81 @@
+"""Expert kernels: loop and grouped_mm agree bit for bit on CPU, and ``auto`` picks the one it measured faster."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from audiomoe.adapters import kernels
+
+
+def _problem(dtype: torch.dtype, rows: int = 300) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, 64, generator=gen).to(dtype).requires_grad_()
+    weight = torch.randn(4, 48, 64, generator=gen).to(dtype).requires_grad_()
+    counts = torch.tensor([rows // 2, rows // 6, 0, rows - rows // 2 - rows // 6])  # uneven, one expert empty
+    return x, weight, counts
+
+
+def _forward_backward(name: str, dtype: torch.dtype) -> list[torch.Tensor]:
+    x, weight, counts = _problem(dtype)
+    out = kernels.get_kernel(name)(x, weight, counts)
+    (out.float() * torch.linspace(-1, 1, out.shape[1])).sum().backward()
+    return [out.detach(), x.grad, weight.grad]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loop_and_grouped_mm_are_bit_identical_on_cpu(dtype: torch.dtype) -> None:
+    # why kernel: auto may choose by timing: on CPU the choice can never change a number
+    for loop, grouped in zip(
+        _forward_backward("loop", dtype), _forward_backward("grouped_mm", dtype), strict=True
+    ):
+        assert torch.equal(loop, grouped)
+
+
+def _slowed(kernel: kernels.GroupedLinear, seconds: float) -> kernels.GroupedLinear:
+    def slow(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        time.sleep(seconds)
+        return kernel(x, weight, counts)
+
+    return slow
+
+
+@pytest.mark.parametrize("slow", ["loop", "grouped_mm"])
+def test_auto_picks_the_kernel_it_measured_faster(monkeypatch: pytest.MonkeyPatch, slow: str) -> None:
+    kernels.reset_auto_choices()
+    monkeypatch.setitem(kernels.KERNELS, slow, _slowed(kernels.KERNELS[slow], 0.02))
+    fast = {"loop": "grouped_mm", "grouped_mm": "loop"}[slow]
+    x, weight, counts = _problem(torch.float32)
+    out = kernels.get_kernel("auto")(x, weight, counts)
+    (choice,) = kernels.auto_choices()
+    assert choice.kernel == fast and choice.backward and choice.rows == 512
+    assert getattr(choice, f"{slow}_ms") > 20 > getattr(choice, f"{fast}_ms")
+    assert fast in choice.describe() and "64->48" in choice.describe()
+    assert torch.equal(out, kernels.loop_grouped_linear(x, weight, counts))
+    kernels.reset_auto_choices()
+
+
+def test_auto_probes_once_per_shape_class() -> None:
+    kernels.reset_auto_choices()
+    x, weight, counts = _problem(torch.float32, rows=300)
+    auto = kernels.get_kernel("auto")
+    auto(x, weight, counts)
+    auto(x[:260], weight, torch.tensor([100, 60, 0, 100]))  # 260 rows: same class (<= 512)
+    assert len(kernels.auto_choices()) == 1
+    with torch.no_grad():  # inference is its own class: forward only
+        auto(x, weight, counts)
+    auto(torch.randn(600, 64), weight, torch.tensor([150, 150, 150, 150]))  # 600 rows -> the 1024 class
+    classes = [(c.rows, c.backward) for c in kernels.auto_choices()]
+    assert classes == [(512, True), (512, False), (1024, True)]
+    kernels.reset_auto_choices()
+
+
+def test_auto_takes_the_loop_where_grouped_mm_cannot_run() -> None:
+    kernels.reset_auto_choices()
+    x = torch.randn(10, 7)  # 7 float32 = 28 bytes per row: not 16-byte aligned
+    weight = torch.randn(2, 5, 7)
+    out = kernels.get_kernel("auto")(x, weight, torch.tensor([4, 6]))
+    assert torch.equal(out, kernels.loop_grouped_linear(x, weight, torch.tensor([4, 6])))
+    assert kernels.auto_choices() == []  # nothing to choose, nothing probed
