@@ -7,6 +7,10 @@ A checkpoint is a directory ``RUN/checkpoints/step_0000100/`` holding
   ``torch.load(weights_only=True)``: nothing is unpickled);
 - ``rng_rank{r}.pt``: python / numpy / torch RNG states of every process, so dropout and sampling continue exactly.
 
+With ``checkpoint_format: sharded`` the weights and optimizer state are instead ``model.dcp/``: a
+``torch.distributed.checkpoint`` directory each rank writes its own shards into (nothing is gathered on one rank),
+which loads into any number of processes (DCP reshards on load); ``trainer.pt`` then holds no optimizer.
+
 Why a directory renamed into place: the files are written into ``.tmp-step_...`` first, fsynced, and the
 directory is renamed with ``os.replace``, so a crash mid-save leaves either the previous checkpoints untouched or
 a stale temp directory that is ignored and removed, never a half-written ``step_*`` directory.
@@ -38,6 +42,7 @@ from safetensors.torch import load_file, save_file
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 MODEL_FILE = "model.safetensors"
+SHARDED_DIR = "model.dcp"  # checkpoint_format: sharded
 TRAINER_FILE = "trainer.pt"
 MANIFEST_FILE = "checkpoint.json"
 TEMP_PREFIX = ".tmp-"
@@ -108,9 +113,9 @@ def sha256_of(path: Path) -> str:
 def write_manifest(directory: Path, fingerprint: dict[str, Any] | None = None) -> None:
     """``checkpoint.json``: size and sha256 of every file in ``directory`` (and the run's fingerprint)."""
     files = {
-        p.name: {"size": p.stat().st_size, "sha256": sha256_of(p)}
-        for p in sorted(directory.iterdir())
-        if p.name != MANIFEST_FILE
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": sha256_of(p)}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_FILE
     }
     text = json.dumps({"files": files, "fingerprint": fingerprint or {}}, indent=1, allow_nan=False)
     (directory / MANIFEST_FILE).write_text(text + "\n")
@@ -153,6 +158,10 @@ def verify_checkpoint(directory: Path) -> dict[str, Any]:
             raise CheckpointError(
                 f"{path} does not match its sha256 in {MANIFEST_FILE} (changed after it was written)"
             )
+    if is_sharded(directory):  # its shards were checked for non-finite values as they were written
+        if not manifest["files"]:
+            raise CheckpointError(f"{directory / MANIFEST_FILE} is missing (an interrupted save)")
+        return manifest
     try:
         tensors = load_tensors(directory / MODEL_FILE)
         if not manifest["files"]:  # nothing verified its bytes: check that it loads
@@ -237,8 +246,8 @@ def commit_checkpoint(
     root = Path(checkpoint_root)
     tmp = temp_dir_for(root, step)
     write_manifest(tmp, fingerprint)
-    for path in tmp.iterdir():
-        _fsync_file(path)
+    for path in tmp.rglob("*"):  # model.dcp/ holds files of its own
+        _fsync_file(path) if path.is_file() else _fsync_dir(path)
     _fsync_dir(tmp)
     final = root / step_dir_name(step)
     if final.exists():  # re-saving a step (e.g. a resumed run that ends where the last one did)
@@ -265,6 +274,52 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise CheckpointError(f"refusing to write non-finite weights to {path} ({bad})")
     with write_errors_as_os_errors(path):
         save_file(unique, str(path))
+
+
+def is_sharded(directory: Path) -> bool:
+    return (Path(directory) / SHARDED_DIR).is_dir()
+
+
+def _local(tensor: Any) -> Any:
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def save_sharded(state: dict[str, Any], path: Path, any_rank_bad: Any) -> None:
+    """Collective: every rank writes its shards of ``state`` (``{"model": ..., "optim": ...}``, the sharded
+    state dicts of ``get_state_dict``) to the DCP directory ``path``. ``any_rank_bad(flag) -> bool`` tells every
+    rank whether any found a non-finite value in its local shards, so all refuse together (no rank left waiting
+    in the collective write)."""
+    import torch.distributed.checkpoint as dcp
+
+    local = {k: _local(v) for k, v in state["model"].items() if isinstance(_local(v), torch.Tensor)}
+    bad = non_finite(local)
+    if any_rank_bad(bool(bad)):
+        raise CheckpointError(f"refusing to write non-finite weights to {path} ({bad or 'on another rank'})")
+    with write_errors_as_os_errors(path):
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(path)))
+
+
+def load_sharded(state: dict[str, Any], path: Path) -> None:
+    """Collective, in place: fill ``state`` (this run's sharded state dicts, any number of processes) from the
+    DCP directory ``path``."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.load(state, storage_reader=dcp.FileSystemReader(str(path)))
+
+
+def load_sharded_model(directory: Path, model: torch.nn.Module) -> None:
+    """One process, no process group: load the weights of a sharded checkpoint ``directory`` into a whole
+    ``model`` (how rank 0 exports an FSDP run). The keys saved are the trainable ones; frozen ones keep the
+    values the model was built with."""
+    import torch.distributed.checkpoint as dcp
+
+    reader = dcp.FileSystemReader(str(Path(directory) / SHARDED_DIR))
+    saved = {
+        k.removeprefix("model.") for k in reader.read_metadata().state_dict_metadata if k.startswith("model.")
+    }
+    target = {k: v for k, v in model.state_dict().items() if k in saved}
+    dcp.load({"model": target}, storage_reader=reader, no_dist=True)
+    model.load_state_dict(target, strict=False)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

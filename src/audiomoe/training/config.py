@@ -154,8 +154,15 @@ class TrainConfig:
     eval_every: int = 0  # 0 = only at the end
     checkpoint_every: int = 0  # 0 = only at the end
     keep_last: int = 2
+    # full: rank 0 writes the gathered weights (model.safetensors) and optimizer (trainer.pt); sharded: every rank
+    # writes its own shards with torch.distributed.checkpoint (model.dcp/), nothing is gathered. Either format
+    # resumes on another number of processes when processes x grad_accum stays the same (training/trainer.py).
+    checkpoint_format: Literal["full", "sharded"] = "full"
     strategy: Strategy = "auto"  # auto = DDP when launched by torchrun with more than one process
     fsdp_wrap: list[str] = field(default_factory=list)  # module class names sharded on their own under FSDP
+    # FSDP2's MixedPrecisionPolicy under bf16/fp16: parameters all-gathered and computed in that dtype, gradients
+    # reduced in fp32, fp32 master weights kept by the optimizer (false: fp32 all-gathers with autocast only)
+    fsdp_mixed_precision: bool = True
     # DDP: MoE experts that receive no token in a step get no gradient; false is faster when every parameter is used
     find_unused_parameters: bool = True
     compile: bool = False

@@ -83,18 +83,23 @@ def wrap_model(
     strategy: str,
     fsdp_wrap: list[str],
     find_unused_parameters: bool = True,
+    param_dtype: torch.dtype | None = None,
 ) -> nn.Module:
-    """DDP or FSDP2 around ``model`` when running on several processes; the model itself otherwise."""
+    """DDP or FSDP2 around ``model`` when running on several processes; the model itself otherwise.
+    ``param_dtype`` (FSDP only): the :class:`MixedPrecisionPolicy` compute dtype, gradients reduced in fp32."""
     if not env.enabled:
         return model
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        policy = MixedPrecisionPolicy(
+            param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None
+        )
         # Shard the named blocks (e.g. the LLM's decoder layers) on their own, then the rest at the root.
         for module in model.modules():
             if type(module).__name__ in fsdp_wrap:
-                fully_shard(module)
-        fully_shard(model)
+                fully_shard(module, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
         return model
     from torch.nn.parallel import DistributedDataParallel
 

@@ -27,7 +27,11 @@ FINGERPRINT_KEYS = (
     "data.max_batch_seconds", "data.quadratic_duration", "data.shuffle_buffer",
 )  # fmt: skip
 # Changes no flag can make safe: the checkpoint's weights and optimizer state belong to this model.
-NEVER_CHANGEABLE = ("model", "world_size")
+NEVER_CHANGEABLE = ("model",)
+# Another number of processes is a reshard, not a change, when processes x grad_accum (the micro-batches of one
+# optimizer step) stays the same: every step then takes the same batches (see Trainer.load_checkpoint).
+RESHARD_KEYS = ("world_size", "grad_accum")
+STEP_KEY = "micro_batches_per_step"
 
 
 class ResumeMismatch(ConfigError):
@@ -58,6 +62,7 @@ def config_fingerprint(
     if train_items is not None:
         out["data.train_items"] = train_items
     out["world_size"] = world_size
+    out[STEP_KEY] = world_size * config.grad_accum
     return out
 
 
@@ -99,17 +104,29 @@ def check_resume(
     if not saved:  # a checkpoint from before fingerprints: nothing to compare
         return {}
     diff = fingerprint_diff(saved, current)
+    if STEP_KEY not in saved:  # written before the key existed: compare the rest as before
+        diff.pop(STEP_KEY, None)
+    elif STEP_KEY not in diff:
+        diff = {k: v for k, v in diff.items() if k not in RESHARD_KEYS}
     frozen = {k: v for k, v in diff.items() if _covered(k, NEVER_CHANGEABLE)}
     if frozen:
         raise ResumeMismatch(
             f"--resume: {where} was written for another model ({_describe(frozen)}); its weights cannot be loaded "
             "into this one: train it in another out_dir (to start from the old model: model.path=RUN/model)"
         )
+    if any(_covered(k, allow) for k in RESHARD_KEYS):  # micro_batches_per_step follows from those two
+        allow = [*allow, STEP_KEY]
     refused = {k: v for k, v in diff.items() if not _covered(k, allow)}
     if refused:
-        keys = " ".join(sorted(refused))
+        keys = " ".join(sorted(k for k in refused if k != STEP_KEY))
+        hint = ""
+        if STEP_KEY in refused and saved.get(STEP_KEY):
+            hint = (
+                f" (another number of processes resumes exactly when processes x grad_accum stays "
+                f"{saved[STEP_KEY]}: set grad_accum to {saved[STEP_KEY]} / processes)"
+            )
         raise ResumeMismatch(
-            f"--resume: the config differs from the one {where} was written with: {_describe(refused)}; "
+            f"--resume: the config differs from the one {where} was written with: {_describe(refused)}{hint}; "
             f"restore it, or accept the change with --allow-config-change {keys}"
         )
     return diff

@@ -155,12 +155,15 @@ def open_cache(
 
 def export_model(config: TrainConfig, model: AudioLanguageModel, env: DistEnv) -> AudioLanguageModel:
     """The model to save. Under FSDP the live parameters are shards, so rank 0 rebuilds the model and loads the
-    full weights of the final checkpoint (gathered when it was written) instead."""
+    full weights of the final checkpoint (gathered when it was written, or read from every rank's shards)."""
     if not (env.enabled and config.strategy == "fsdp"):
         return model
     full = build_model(config.model)
     final = ckpt.latest_checkpoint(config.run_dir / "checkpoints")
-    full.load_state_dict(ckpt.load_tensors(final / ckpt.MODEL_FILE), strict=False)
+    if ckpt.is_sharded(final):
+        ckpt.load_sharded_model(final, full)
+    else:
+        full.load_state_dict(ckpt.load_tensors(final / ckpt.MODEL_FILE), strict=False)
     return full
 
 

@@ -155,9 +155,11 @@ class Trainer:
             apply_activation_checkpointing(model) if config.activation_checkpointing else {}
         )
         strategy = config.strategy if config.strategy != "auto" else "ddp"
+        mixed = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.model = wrap_model(
-            model, self.env, self.device, strategy, config.fsdp_wrap, config.find_unused_parameters
-        )
+            model, self.env, self.device, strategy, config.fsdp_wrap, config.find_unused_parameters,
+            param_dtype=mixed if config.fsdp_mixed_precision else None,
+        )  # fmt: skip
         if config.compile:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(self.model, config)
@@ -183,8 +185,15 @@ class Trainer:
         self.fingerprint = fingerprint or config_fingerprint(config, world_size=self.env.world_size)
 
     # ----------------------------------------------------------------------------------------- checkpoints
+    @property
+    def _sharded(self) -> bool:
+        return self.config.checkpoint_format == "sharded"
+
     def _state_options(self) -> StateDictOptions:
-        return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        # full: gathered to CPU tensors on every rank (rank 0 writes them); sharded: each rank's own (DTensor
+        # shards under FSDP, replicated tensors under DDP, which DCP writes once)
+        full = not self._sharded
+        return StateDictOptions(full_state_dict=full, cpu_offload=full, ignore_frozen_params=True)
 
     def save_checkpoint(self) -> Path | None:
         """Atomically write the checkpoint of the current step (collective: every rank calls it)."""
@@ -208,14 +217,22 @@ class Trainer:
         ckpt.save_object(ckpt.rng_state(), tmp / f"rng_rank{self.env.rank}.pt")
         if getattr(self.stream, "per_rank_state", False):  # streamed shards: each rank is at its own position
             ckpt.save_object(self.stream.state_dict(), tmp / f"stream_rank{self.env.rank}.pt")
+        if self._sharded:
+            ckpt.save_sharded(
+                {"model": model_state, "optim": optim_state},
+                tmp / ckpt.SHARDED_DIR,
+                lambda bad: sum_across_ranks(float(bad), self.env) > 0,
+            )
         final = None
         if self.env.is_main:
-            ckpt.save_tensors(model_state, tmp / ckpt.MODEL_FILE)
+            if not self._sharded:
+                ckpt.save_tensors(model_state, tmp / ckpt.MODEL_FILE)
             trainer_state = {
                 "step": self.step,
                 "train_seconds": self.train_seconds,
                 "world_size": self.env.world_size,
-                "optimizer": optim_state,
+                "grad_accum": self.config.grad_accum,
+                "optimizer": None if self._sharded else optim_state,
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "stream": self.stream.state_dict(),
@@ -232,30 +249,64 @@ class Trainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
+        """Restore the state at ``path``, written in either format by any number of processes: with another
+        number, each optimizer step must take as many micro-batches as before (processes x grad_accum, checked by
+        the fingerprint), so the batch plan's position is rescaled and every step sees the same batches."""
         state = ckpt.load_object(path / ckpt.TRAINER_FILE)
-        if state["world_size"] != self.env.world_size:
-            raise ConfigError(
-                f"{path} was written by {state['world_size']} processes but this run has {self.env.world_size}; "
-                "an exact resume needs the same number of processes"
+        saved_world = int(state["world_size"])
+        if ckpt.is_sharded(path):
+            model_state, optim_state = get_state_dict(
+                self.model, self.optimizer, options=StateDictOptions(ignore_frozen_params=True)
             )
-        model_state = ckpt.load_tensors(path / ckpt.MODEL_FILE)
-        options = StateDictOptions(full_state_dict=True, strict=False)
+            sharded = {"model": model_state, "optim": optim_state}
+            ckpt.load_sharded(sharded, path / ckpt.SHARDED_DIR)
+            model_state, optim_state = sharded["model"], sharded["optim"]
+            options = StateDictOptions(strict=False)
+        else:
+            model_state, optim_state = ckpt.load_tensors(path / ckpt.MODEL_FILE), state["optimizer"]
+            options = StateDictOptions(full_state_dict=True, strict=False)
         set_state_dict(
             self.model,
             self.optimizer,
             model_state_dict=model_state,
-            optim_state_dict=state["optimizer"],
+            optim_state_dict=optim_state,
             options=options,
         )
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        per_rank = path / f"stream_rank{self.env.rank}.pt"
-        streamed = getattr(self.stream, "per_rank_state", False) and per_rank.is_file()
-        self.stream.load_state_dict(ckpt.load_object(per_rank) if streamed else state["stream"])
+        self.stream.load_state_dict(self._stream_state(path, state, saved_world))
         self.step = int(state["step"])
         self.train_seconds = float(state["train_seconds"])
         self.non_finite_steps = int(state.get("non_finite_steps", 0))
-        ckpt.set_rng_state(ckpt.load_object(path / f"rng_rank{self.env.rank}.pt"))
+        rng = path / f"rng_rank{self.env.rank}.pt"
+        if rng.is_file():
+            ckpt.set_rng_state(ckpt.load_object(rng))
+        else:  # a rank the saving run did not have: its own stream, seeded from the run's seed, rank and step
+            seed_everything(self.config.seed + self.env.rank + 1_000_003 * self.step)
+
+    def _stream_state(self, path: Path, state: dict, saved_world: int) -> dict:
+        """The batch stream's state for this rank. A plan's position counts this rank's micro-batches, each rank
+        taking every world_size-th batch of one global list (audiomoe.data.sampler): under another number of
+        processes the same global position is ``position x saved / now``."""
+        per_rank = path / f"stream_rank{self.env.rank}.pt"
+        if getattr(self.stream, "per_rank_state", False):
+            if saved_world != self.env.world_size:
+                raise ConfigError(
+                    f"{path} was written by {saved_world} processes reading streamed shards; a streamed run "
+                    f"resumes only on the same number of processes (this run has {self.env.world_size})"
+                )
+            if per_rank.is_file():
+                return ckpt.load_object(per_rank)
+        stream_state = dict(state["stream"])
+        if saved_world != self.env.world_size and "position" in stream_state:
+            global_position = int(stream_state["position"]) * saved_world
+            if global_position % self.env.world_size:
+                raise ConfigError(
+                    f"{path} is {global_position} batches into its epoch, which {self.env.world_size} processes "
+                    f"cannot share evenly; resume on a number of processes that divides it"
+                )
+            stream_state["position"] = global_position // self.env.world_size
+        return stream_state
 
     def apply_optim_config(self) -> None:
         """Put the current ``optim`` / ``schedule`` settings into the restored optimizer and scheduler (a
