@@ -7,41 +7,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from audiomoe.training.config import load_train_config
 from audiomoe.training.distributed import DistEnv, shutdown
 from audiomoe.training.stream import BatchStream
 from audiomoe.training.trainer import Trainer, seed_everything
+from toy_distributed import Toy, X, Y, free_port
 
 PER_RANK = 4
-X = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
-Y = torch.sin(X).sum(-1)
-
-
-@dataclass
-class Out:
-    loss: torch.Tensor
-    aux_loss: torch.Tensor
-
-
-class Toy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 1))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Out:
-        pred = self.net(x).squeeze(-1)
-        aux = 1e-2 * pred.pow(2).mean()
-        return Out(nn.functional.mse_loss(pred, y) + aux, aux)
 
 
 def run(out: str, world: int, rank: int, strategy: str) -> None:
@@ -68,12 +47,6 @@ def run(out: str, world: int, rank: int, strategy: str) -> None:
     env = trainer.env
     del trainer
     shutdown(env)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def losses(run_dir: Path) -> list[float]:

@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from audiomoe.config import ConfigError
 from audiomoe.training import checkpoint as ckpt
@@ -26,26 +23,9 @@ from audiomoe.training.distributed import DistEnv, shutdown
 from audiomoe.training.fingerprint import ResumeMismatch
 from audiomoe.training.stream import BatchStream
 from audiomoe.training.trainer import Trainer, seed_everything
+from toy_distributed import Toy, X, Y, free_port
 
 MICRO = 4  # rows per micro-batch
-X = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
-Y = torch.sin(X).sum(-1)
-
-
-@dataclass
-class Out:
-    loss: torch.Tensor
-    aux_loss: torch.Tensor
-
-
-class Toy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 1))
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Out:
-        pred = self.net(x).squeeze(-1)
-        return Out(nn.functional.mse_loss(pred, y), pred.new_zeros(()))
 
 
 def run(out: str, strategy: str, fmt: str, grad_accum: int, resume: bool) -> None:
@@ -72,16 +52,10 @@ def run(out: str, strategy: str, fmt: str, grad_accum: int, resume: bool) -> Non
     ]
     config = load_train_config(None, overrides)
     seed_everything(0)
-    trainer = Trainer(config, Toy(), BatchStream(plan, lambda i: {"x": X[list(i)], "y": Y[list(i)]}))
+    trainer = Trainer(config, Toy(aux=0.0), BatchStream(plan, lambda i: {"x": X[list(i)], "y": Y[list(i)]}))
     trainer.fit(resume=resume)
     del trainer
     shutdown(env)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(*args: str) -> None:
@@ -132,7 +106,7 @@ def test_a_two_process_checkpoint_resumes_on_one_and_on_two(tmp_path: Path, stra
     if (
         fmt == "sharded"
     ):  # how rank 0 exports an FSDP run: the shards read into one whole model, no process group
-        final = [Toy(), Toy()]
+        final = [Toy(aux=0.0), Toy(aux=0.0)]
         for model, run_dir in zip(final, (whole, one), strict=True):
             ckpt.load_sharded_model(run_dir / "checkpoints" / "step_0000006", model)
         for a, b in zip(final[0].parameters(), final[1].parameters(), strict=True):
