@@ -145,6 +145,9 @@ class TrainConfig:
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     steps: int = 100
     grad_accum: int = 1
+    # > 0: accumulate by token budget instead: each optimizer step takes batches until their supervised tokens
+    # reach this many (per process), and weighs each by its share of the step's tokens (grad_accum must stay 1)
+    tokens_per_step: int = 0
     # auto = bf16 where this machine runs it natively (GPU, or CPU with AVX512-BF16/AMX), else fp32; the trainer
     # resolves it once and RUN/config.yaml records what ran. fp16 needs a GPU.
     precision: Precision = "auto"
@@ -191,6 +194,13 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every", "grad_conflict_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.tokens_per_step < 0:
+            raise ConfigError(f"tokens_per_step must be >= 0, got {self.tokens_per_step}")
+        if self.tokens_per_step and self.grad_accum != 1:
+            raise ConfigError(
+                f"tokens_per_step={self.tokens_per_step} and grad_accum={self.grad_accum} both set how many batches "
+                "a step takes; keep one (grad_accum=1 with a token budget)"
+            )
         if self.schedule.warmup_steps < 0:
             raise ConfigError(f"schedule.warmup_steps must be >= 0, got {self.schedule.warmup_steps}")
 

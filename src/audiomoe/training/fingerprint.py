@@ -23,7 +23,7 @@ from audiomoe.training.config import TrainConfig
 # The batch budget keys decide which clips share a batch, so the sampler's saved position means nothing under
 # another budget; data.num_workers does not (batches are the same with any worker count).
 FINGERPRINT_KEYS = (
-    "model", "objective", "optim", "schedule", "seed", "steps", "grad_accum", "data.batch_size",
+    "model", "objective", "optim", "schedule", "seed", "steps", "grad_accum", "tokens_per_step", "data.batch_size",
     "data.max_batch_seconds", "data.quadratic_duration", "data.shuffle_buffer",
 )  # fmt: skip
 # Changes no flag can make safe: the checkpoint's weights and optimizer state belong to this model.
@@ -32,6 +32,8 @@ NEVER_CHANGEABLE = ("model",)
 # optimizer step) stays the same: every step then takes the same batches (see Trainer.load_checkpoint).
 RESHARD_KEYS = ("world_size", "grad_accum")
 STEP_KEY = "micro_batches_per_step"
+# Keys added after checkpoints were first written: absent from an older one means the default then in force.
+ADDED_LATER = {"tokens_per_step": 0}
 
 
 class ResumeMismatch(ConfigError):
@@ -104,6 +106,9 @@ def check_resume(
     if not saved:  # a checkpoint from before fingerprints: nothing to compare
         return {}
     diff = fingerprint_diff(saved, current)
+    for key, default in ADDED_LATER.items():
+        if key not in saved and current.get(key) == default:
+            diff.pop(key, None)
     if STEP_KEY not in saved:  # written before the key existed: compare the rest as before
         diff.pop(STEP_KEY, None)
     elif STEP_KEY not in diff:

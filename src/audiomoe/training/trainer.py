@@ -101,6 +101,14 @@ def items_in(batch: Any) -> int:
     return 0
 
 
+def supervised_tokens(batch: Any) -> int:
+    """Tokens a batch's loss averages over: its ``labels`` that are not -100, else its rows."""
+    labels = batch.get("labels") if isinstance(batch, Mapping) else None
+    if isinstance(labels, torch.Tensor):
+        return int((labels != -100).sum())
+    return items_in(batch)
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -186,6 +194,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- checkpoints
     @property
+    def _per_rank_stream(self) -> bool:
+        """Streamed shards, or a token budget (each rank takes as many batches as its tokens need)."""
+        return bool(getattr(self.stream, "per_rank_state", False) or self.config.tokens_per_step)
+
+    @property
     def _sharded(self) -> bool:
         return self.config.checkpoint_format == "sharded"
 
@@ -215,7 +228,7 @@ class Trainer:
             ckpt.begin_checkpoint(self.checkpoint_root, self.step)
         barrier(self.env)
         ckpt.save_object(ckpt.rng_state(), tmp / f"rng_rank{self.env.rank}.pt")
-        if getattr(self.stream, "per_rank_state", False):  # streamed shards: each rank is at its own position
+        if self._per_rank_stream:  # each rank is at its own position
             ckpt.save_object(self.stream.state_dict(), tmp / f"stream_rank{self.env.rank}.pt")
         if self._sharded:
             ckpt.save_sharded(
@@ -289,11 +302,12 @@ class Trainer:
         taking every world_size-th batch of one global list (audiomoe.data.sampler): under another number of
         processes the same global position is ``position x saved / now``."""
         per_rank = path / f"stream_rank{self.env.rank}.pt"
-        if getattr(self.stream, "per_rank_state", False):
+        if self._per_rank_stream:
             if saved_world != self.env.world_size:
+                why = "with a token budget" if self.config.tokens_per_step else "reading streamed shards"
                 raise ConfigError(
-                    f"{path} was written by {saved_world} processes reading streamed shards; a streamed run "
-                    f"resumes only on the same number of processes (this run has {self.env.world_size})"
+                    f"{path} was written by {saved_world} processes {why}, where each is at its own place in "
+                    f"the data; it resumes only on {saved_world} processes (this run has {self.env.world_size})"
                 )
             if per_rank.is_file():
                 return ckpt.load_object(per_rank)
@@ -477,13 +491,15 @@ class Trainer:
         kernel_choices_reported = 0
         while self.step < cfg.steps:
             started = time.perf_counter()
-            sums = torch.zeros(3, dtype=torch.float64)  # loss, aux_loss, lm_loss summed over micro-batches
+            sums = torch.zeros(
+                3, dtype=torch.float64
+            )  # loss, aux_loss, lm_loss, weighted sums over micro-batches
             frames = 0
-            for micro in range(cfg.grad_accum):
-                batch = next(self.stream)
+            micro_batches, weights, step_tokens = self._step_batches()
+            for micro, (batch, weight) in enumerate(zip(micro_batches, weights, strict=True)):
                 frames += self.count_frames(batch)
                 batch = to_device(batch, self.device)
-                last = micro == cfg.grad_accum - 1
+                last = micro == len(micro_batches) - 1
                 sync = (
                     contextlib.nullcontext()
                     if last or not hasattr(self.model, "no_sync")
@@ -492,17 +508,17 @@ class Trainer:
                 with sync:
                     with autocast:
                         out = self.objective(self.model, batch)
-                    self.scaler.scale(out.loss / cfg.grad_accum).backward()
+                    self.scaler.scale(out.loss * weight).backward()
                 lm_loss = getattr(out, "lm_loss", None)
                 parts = [out.loss, out.aux_loss, out.loss if lm_loss is None else lm_loss]
-                sums += torch.stack([p.detach().double().cpu() for p in parts])
+                sums += torch.stack([p.detach().double().cpu() for p in parts]) * weight
             self.scaler.unscale_(self.optimizer)
             # clip_norm 0: the norm is still measured (max_norm=inf never scales), for the non-finite check
             max_norm = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else math.inf
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
             if not self._finite_step(sums[0].item(), float(grad_norm)):
                 consecutive_bad += 1
-                self._skip_non_finite(sums[0].item() / cfg.grad_accum, float(grad_norm), consecutive_bad)
+                self._skip_non_finite(sums[0].item(), float(grad_norm), consecutive_bad)
                 continue
             consecutive_bad = 0
             lr = self.optimizer.param_groups[0]["lr"]
@@ -518,9 +534,7 @@ class Trainer:
             kernel_choices_reported = self._report_kernel_choices(kernel_choices_reported)
 
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                loss_value, aux_value, lm_value = (
-                    mean_across_ranks(sums, self.env) / cfg.grad_accum
-                ).tolist()
+                loss_value, aux_value, lm_value = mean_across_ranks(sums, self.env).tolist()
                 frames_per_s = sum_across_ranks(frames, self.env) / max(elapsed, 1e-9)
                 self.log(
                     {
@@ -531,6 +545,11 @@ class Trainer:
                         "lr": lr,
                         "grad_norm": float(grad_norm),
                         "frames_per_s": round(frames_per_s, 1),
+                        **(
+                            {"tokens": step_tokens, "micro_batches": len(micro_batches)}
+                            if cfg.tokens_per_step
+                            else {}
+                        ),
                         "train_seconds": round(self.train_seconds, 3),
                         **getattr(self.stream, "log_stats", dict)(),  # e.g. skipped_clips
                         **self.objective.log_terms(),
@@ -557,6 +576,27 @@ class Trainer:
             non_finite_steps=self.non_finite_steps,
             eval_error=self.eval_error,
         )
+
+    def _step_batches(self) -> tuple[list[Any], list[float], int]:
+        """The micro-batches of one optimizer step and the weight of each one's (mean) loss.
+
+        ``grad_accum`` N: N batches, weight 1/N each. ``tokens_per_step`` T: batches until their supervised tokens
+        (``labels != -100``; rows where a batch has no labels) reach T, each weighted by its share of the tokens of
+        the whole step across all processes (``world_size * n_i / N``, as DDP then averages over the processes), so
+        the step's gradient is that of the token-mean loss however the tokens fell into batches."""
+        cfg = self.config
+        if not cfg.tokens_per_step:
+            return (
+                [next(self.stream) for _ in range(cfg.grad_accum)],
+                [1.0 / cfg.grad_accum] * cfg.grad_accum,
+                0,
+            )
+        batches, counts = [], []
+        while sum(counts) < cfg.tokens_per_step:
+            batches.append(next(self.stream))
+            counts.append(supervised_tokens(batches[-1]))
+        total = sum_across_ranks(float(sum(counts)), self.env)
+        return batches, [self.env.world_size * n / max(total, 1.0) for n in counts], int(total)
 
     def _report_kernel_choices(self, already: int) -> int:
         """Say what ``kernel: auto`` chose for the shapes met since the last report (printed and in
