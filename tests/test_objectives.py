@@ -19,7 +19,7 @@ from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.models.presets import build_preset
 from audiomoe.training.config import ObjectiveSection
 from audiomoe.training.objectives import OBJECTIVES, build_objective
-from audiomoe.training.objectives.distill import token_logits
+from audiomoe.training.objectives.distill import TextLMObjective, token_logits
 from audiomoe.training.objectives.weights import (
     group_advantages,
     policy_gradient_loss,
@@ -178,3 +178,33 @@ def test_cord_step_trains_the_student_and_never_the_frozen_teacher(spoken: Path)
     terms = objective.log_terms()
     assert terms["objective/topk_weight_share"] == pytest.approx(1.0)  # rollouts of <= 4 tokens: all in top-K
     assert objective.log_terms() == {}  # reset after reading
+
+
+def test_text_audio_lm_adds_the_audio_view_of_every_item_to_the_text_view(spoken: Path, capsys):
+    """Loss = audio_weight x the audio batch's own loss + the text view's next-token loss; items the words cannot
+    label (gender) stay in the audio view; a batch with none usable for the text view has no text term."""
+    torch.manual_seed(0)
+    model = AudioLanguageModel(build_preset("tiny", "mlp")).eval()
+    objective = build_objective(ObjectiveSection(type="text_audio_lm", audio_weight=0.5))
+    records = objective.select(read_manifest(spoken / "train.jsonl"))
+    assert len(records) == 10  # all kept: the audio view uses every item
+    assert (
+        "7 of 10 training items used in the text view (all of them in the audio view)"
+        in capsys.readouterr().out
+    )
+    batcher = RecordBatcher(records, model.processor)
+    batch = objective.collate(batcher)([0, 1, 8])  # two digits (usable), one gender item (audio view only)
+    assert batch["labels"].shape[0] == 3 and batch["text_view"]["labels"].shape[0] == 2
+    with torch.no_grad():
+        out = objective(model, batch)
+        audio = model(**batcher.collate([0, 1, 8]))
+        text = TextLMObjective(ObjectiveSection(type="text_lm"))(model, TextLMObjective(
+            ObjectiveSection(type="text_lm")).collate(batcher)([0, 1]))  # fmt: skip
+    assert out.loss.item() == pytest.approx(0.5 * audio.loss.item() + text.lm_loss.item(), rel=1e-5)
+    assert out.lm_loss.item() == pytest.approx(audio.lm_loss.item(), rel=1e-6)
+    only_audio = objective.collate(batcher)([7, 8, 9])  # no transcript, gender, gender
+    assert "text_view" not in only_audio
+    with torch.no_grad():
+        assert objective(model, only_audio).loss.item() == pytest.approx(
+            0.5 * model(**batcher.collate([7, 8, 9])).loss.item(), rel=1e-5
+        )

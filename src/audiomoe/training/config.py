@@ -108,8 +108,13 @@ class ObjectiveSection:
     group_size: int = 4  # GRPO rollouts per item
     group_temperature: float = 1.5
     reward: Literal["agreement", "correctness"] = "agreement"  # vs the model's own text answer (CORD) or gold
+    audio_weight: float = (
+        1.0  # text_audio_lm: weight of the audio view's next-token loss beside the text view's
+    )
 
     def __post_init__(self) -> None:
+        if self.audio_weight < 0:
+            raise ConfigError(f"objective.audio_weight must be >= 0, got {self.audio_weight}")
         for name in ("temperature", "group_temperature"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"objective.{name} must be > 0, got {getattr(self, name)}")

@@ -9,8 +9,9 @@
 3. **Upcycling**: ``mlp-narrow`` (the MoE's expert width) trains ``steps/2`` steps, ``audiomoe upcycle``'s
    conversion makes it an MoE of the ``moe`` arm's shape, and it trains ``steps/2`` more: ``moe-upcycled`` vs the
    from-scratch ``moe`` at the same number of steps.
-4. **Distillation**: each seed's ``moe`` model first trains ``text_steps`` steps of ``text_lm`` (the next-token
-   loss on the text view of the semantic items: the foundation alone does not make the text path competent), then
+4. **Distillation**: each seed's ``moe`` model first trains ``text_steps`` steps of ``text_audio_lm`` (the
+   next-token loss on the text view of the semantic items, which the foundation alone does not make competent,
+   plus the audio view's loss on every item, so the groups the words cannot carry are not forgotten), then
    ``cord``, ``forward_kl`` and ``sft`` train ``distill_steps`` steps from it on the semantic training items; the modality gap before (the ``moe`` model) and after, the gap reduction
    (as CORD's paper: text score of the *starting* model − audio score of the method) and the other groups'
    scores (paralinguistic retention).
@@ -145,7 +146,7 @@ def run_siblings(
         second.append(job("moe-upcycled", s, half, {"path": str(upcycled_dir)}))
         # CORD's prerequisite: a text path better than the audio path (the start of the distillation arms)
         second.append(job(TEXT_ARM, s, settings.text_steps, {"path": by[("moe", s)]["model_dir"]},
-                          objective={"type": "text_lm"}, **text_data))  # fmt: skip
+                          objective={"type": "text_audio_lm"}, **text_data))  # fmt: skip
     results += run_arms(second, n_workers, on_done=done, runner=run_job)
     by = {(r["arm"], r["seed"]): r for r in results}
     clock.lap("upcycled_and_text_path_arms")

@@ -112,6 +112,8 @@ def pad_tokens(
 class _CrossModal(Objective):
     """Shared parts: item selection, the paired audio/text batch, the teacher."""
 
+    usage_note = ""  # what "used" means, where not every item goes the same way
+
     def __init__(self, config) -> None:  # noqa: ANN001
         super().__init__(config)
         self._frozen: nn.Module | None = None
@@ -132,7 +134,10 @@ class _CrossModal(Objective):
             self.excluded[f"{LABEL_NOT_IN_WORDS} ({tasks})"] = sum(unlabelled.values())
         if self.excluded:
             why = ", ".join(f"{n} {reason}" for reason, n in self.excluded.most_common())
-            print(f"objective {self.name}: {len(kept)} of {len(records)} training items used; excluded {why}")
+            print(
+                f"objective {self.name}: {len(kept)} of {len(records)} training items used{self.usage_note}; "
+                f"excluded {why}"
+            )
         if not kept:
             raise ValueError(
                 f"objective {self.name} found no training item with a transcript and a semantic task; give "
@@ -195,6 +200,43 @@ class TextLMObjective(_CrossModal):
 
     def __call__(self, model: nn.Module, batch: dict[str, Any]) -> Any:
         return model(**batch)
+
+
+@register_objective("text_audio_lm")
+class TextAndAudioLMObjective(TextLMObjective):
+    """``text_lm`` on the text view of the usable items of each batch, plus the plain next-token loss on the audio
+    view of every item of it, weighted ``objective.audio_weight``: the text path becomes competent while the
+    trainable LLM keeps what the audio path does for the groups the words cannot carry (emotion, speaker, sound,
+    music), whose loss ``text_lm`` alone never sees."""
+
+    usage_note = " in the text view (all of them in the audio view)"
+
+    def select(self, records: list[AudioRecord]) -> list[AudioRecord]:
+        super().select(records)  # counts and prints what the text view cannot use; refuses when nothing can
+        return records  # every item feeds the audio view
+
+    def collate(self, batcher: RecordBatcher) -> Callable[[Sequence[int]], Any]:
+        def collate(indices: Sequence[int]) -> dict[str, Any]:
+            batch: dict[str, Any] = batcher.collate(indices)  # the audio view, answers as labels
+            records = [batcher.records[i] for i in indices]
+            usable = [r for r in records if usable_for_distillation(r) is None]
+            if usable:
+                batch["text_view"] = batcher.processor(
+                    [text_prompt(r) for r in usable], [], answers=[r.answer for r in usable]
+                )
+            return batch
+
+        return collate
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
+        audio = model(**{k: v for k, v in batch.items() if k != "text_view"})
+        loss = self.config.audio_weight * audio.loss
+        if "text_view" in batch:
+            text = model(**batch["text_view"])
+            loss = loss + text.lm_loss
+            self.record(text_lm=text.lm_loss)
+        self.record(audio_lm=audio.lm_loss)
+        return ObjectiveOutput(loss=loss, aux_loss=audio.aux_loss, lm_loss=audio.lm_loss)
 
 
 @register_objective("cord")
