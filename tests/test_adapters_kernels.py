@@ -79,3 +79,38 @@ def test_auto_takes_the_loop_where_grouped_mm_cannot_run() -> None:
     out = kernels.get_kernel("auto")(x, weight, torch.tensor([4, 6]))
     assert torch.equal(out, kernels.loop_grouped_linear(x, weight, torch.tensor([4, 6])))
     assert kernels.auto_choices() == []  # nothing to choose, nothing probed
+
+
+def test_fused_silu_mul_matches_eager_within_bf16_rounding() -> None:
+    gen = torch.Generator().manual_seed(0)
+    gate32, up32 = (torch.randn(37, 24, generator=gen) * 3 for _ in range(2))
+    gate, up = (t.to(torch.bfloat16).requires_grad_() for t in (gate32, up32))
+    out = kernels.silu_mul(gate, up)
+    out.float().sum().backward()
+    reference = torch.nn.functional.silu(gate32.bfloat16().float()) * up32.bfloat16().float()
+    assert out.dtype == torch.bfloat16 and not kernels._FUSED_FAILED  # the compiled kernel ran, not the fallback
+    assert torch.allclose(out.float(), reference, rtol=1e-2, atol=1e-2)
+    g32, u32 = gate.detach().float().requires_grad_(), up.detach().float().requires_grad_()
+    (torch.nn.functional.silu(g32) * u32).sum().backward()
+    assert torch.allclose(gate.grad.float(), g32.grad, rtol=2e-2, atol=2e-2)
+    assert torch.allclose(up.grad.float(), u32.grad, rtol=2e-2, atol=2e-2)
+
+
+def test_fp32_silu_mul_is_eager_bit_for_bit() -> None:
+    gate, up = torch.randn(5, 8), torch.randn(5, 8)
+    assert torch.equal(kernels.silu_mul(gate, up), torch.nn.functional.silu(gate) * up)
+
+
+def test_a_fused_kernel_that_cannot_compile_falls_back_to_eager(
+    monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    def broken(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(kernels, "_FUSED_SILU_MUL", broken)
+    monkeypatch.setattr(kernels, "_FUSED_FAILED", False)
+    gate, up = torch.randn(4, 6).bfloat16(), torch.randn(4, 6).bfloat16()
+    with caplog.at_level("WARNING", logger="audiomoe.adapters.kernels"):
+        out = kernels.silu_mul(gate, up)
+    assert torch.equal(out, torch.nn.functional.silu(gate) * up)
+    assert kernels._FUSED_FAILED and "no C++ compiler found" in caplog.text

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audiomoe.adapters.kernels import silu_mul
+
 
 class SwiGLU(nn.Module):
     """``down(silu(gate(x)) * up(x))``; parameter names follow transformers' ``*MLP`` (gate/up/down_proj)."""
@@ -17,7 +19,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(hidden_dim, output_dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
 
 
 class FFN(nn.Module):

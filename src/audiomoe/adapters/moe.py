@@ -22,7 +22,7 @@ from torch import nn
 
 from audiomoe.adapters.base import Adapter, AdapterConfig, AdapterOutput, register_adapter
 from audiomoe.adapters.front import DownsampleFront
-from audiomoe.adapters.kernels import KERNELS, get_kernel
+from audiomoe.adapters.kernels import KERNELS, get_kernel, silu_mul
 from audiomoe.adapters.layers import build_feedforward
 from audiomoe.config import ConfigError
 
@@ -188,7 +188,7 @@ class GroupedExperts(nn.Module):
         grouped_linear = get_kernel(kernel)
         if self.kind == "swiglu":
             gate, up = grouped_linear(x, self.gate_up_proj, counts).chunk(2, dim=-1)
-            return grouped_linear(F.silu(gate) * up, self.down_proj, counts)
+            return grouped_linear(silu_mul(gate, up), self.down_proj, counts)
         # fold the per-expert LayerNorm affine into the up projection: W·(γ⊙x̂ + β) + b = (W·diag γ)x̂ + (Wβ + b)
         up_weight = self.up_proj * self.norm_weight.unsqueeze(1)
         up_bias = torch.einsum("eih,eh->ei", self.up_proj, self.norm_bias) + self.up_bias
