@@ -1,9 +1,12 @@
 """Adapter speed: the MoE-Adapter vs a dense SwiGLU of equal active FLOPs vs transformers' Qwen2-MoE block.
 
-Every arm runs in the same process on the same input; arms are interleaved round-robin and timed repeatedly, and
-we report medians, so a slow spell on a noisy machine hits all arms alike. Ratios (< 1 means the MoE is faster):
-``moe_over_dense`` = MoE time / dense time, ``moe_over_hf_best`` = MoE time / fastest transformers backend
-(square shapes only: that block maps H -> H).
+Every arm runs in the same process; arms are interleaved round-robin and timed repeatedly, and we report
+medians, so a slow spell on a noisy machine hits all arms alike. Each round draws a **new input** (the same one for
+every arm of the round): with one input reused, the rows per expert never change between calls, which hides a real
+cost (CPU bf16 grouped_mm ran ~5x slower on new counts than on repeated ones). Ratios (< 1 means the MoE is
+faster): ``moe_over_dense`` = MoE time / dense time, ``moe_over_hf_best`` = MoE time / fastest transformers
+backend (square shapes only: that block maps H -> H). Achieved TFLOP/s use analytic FLOPs (:func:`arm_flops`).
+``compiled`` adds ``torch.compile`` of the MoE and the dense arm; ``device="cuda"`` runs on the GPU.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from torch import nn
 
 from audiomoe import runtime
-from audiomoe.adapters import build_adapter
+from audiomoe.adapters import build_adapter, kernels
 from audiomoe.adapters.moe import MoELayer
 
 
@@ -145,30 +148,78 @@ def _hf_blocks(shape: Shape) -> dict[str, Callable[[torch.Tensor], torch.Tensor]
     return blocks
 
 
-def _time(fn: Callable[[], object]) -> float:
+def _time(fn: Callable[[], object], device: torch.device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return (time.perf_counter() - start) * 1000
 
 
-def bench_shape(shape: Shape, repeats: int = 7, warmup: int = 2, dtype: torch.dtype = torch.float32) -> dict:
+def active_width(shape: Shape) -> int:
+    """Hidden width a token passes through: k routed experts + the shared expert (the dense arm's width)."""
+    return shape.top_k * shape.expert_hidden_dim + shape.shared_hidden_dim
+
+
+def arm_flops(shape: Shape, arm: str) -> dict[str, float]:
+    """Analytic FLOPs of one call: a SwiGLU of the active width (2 multiply-adds per weight per token: gate and up
+    ``in x 2W``, down ``W x out``), plus for the MoE arms the router (``in x E``) and the shared gate (``in x 1``,
+    square shapes). Forward+backward is counted as 3x the forward (the usual convention)."""
+    width = active_width(shape)
+    forward = 2.0 * shape.tokens * (shape.input_dim * 2 * width + width * shape.output_dim)
+    if arm != "dense" and not arm.startswith("dense-"):
+        gate = 1 if shape.input_dim == shape.output_dim else 0
+        forward += 2.0 * shape.tokens * shape.input_dim * (shape.num_experts + gate)
+    return {"forward": forward, "forward_backward": 3 * forward}
+
+
+def round_inputs(
+    shape: Shape, rounds: int, dtype: torch.dtype, device: torch.device | str = "cpu", seed: int = 0
+) -> list[torch.Tensor]:
+    """One input ``(tokens, input_dim)`` per timing round, the same for a given seed on every machine."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(shape.tokens, shape.input_dim, generator=gen).to(device, dtype) for _ in range(rounds)
+    ]
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    capability, _ = runtime.cpu_bf16_flags()
+    return f"{runtime.cpu_model()} ({capability}), {torch.get_num_threads()} thread(s)"
+
+
+def bench_shape(
+    shape: Shape,
+    repeats: int = 7,
+    warmup: int = 2,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    hf: bool = True,
+    compiled: bool = False,
+) -> dict:
+    device = torch.device(device)
     torch.manual_seed(0)
     arms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "moe": _moe_layer(shape, "auto"),
         "moe-loop": _moe_layer(shape, "loop"),
-        "dense": _DenseSwiGLU(
-            shape.input_dim, shape.top_k * shape.expert_hidden_dim + shape.shared_hidden_dim, shape.output_dim
-        ),
+        "dense": _DenseSwiGLU(shape.input_dim, active_width(shape), shape.output_dim),
     }
-    arms.update(_hf_blocks(shape))
+    if hf:
+        arms.update(_hf_blocks(shape))
     for m in arms.values():
-        m.to(dtype)
-    x = torch.randn(shape.tokens, shape.input_dim, dtype=dtype)
-    x3 = x.unsqueeze(0)
+        m.to(device, dtype)
+    if compiled:  # the same modules (same weights), compiled
+        arms["moe-compiled"] = torch.compile(arms["moe"])
+        arms["dense-compiled"] = torch.compile(arms["dense"])
+    inputs = round_inputs(shape, warmup + repeats, dtype, device)
+    x = inputs[0]
 
     def run(name: str, module: nn.Module) -> torch.Tensor:
         if name.startswith("hf-"):
-            return module(x3)
+            return module(x.unsqueeze(0))
         out = module(x)
         return out.out if hasattr(out, "out") else out
 
@@ -182,9 +233,10 @@ def bench_shape(shape: Shape, repeats: int = 7, warmup: int = 2, dtype: torch.dt
 
     results = {n: ArmResult(0.0, 0.0) for n in arms}
     for i in range(warmup + repeats):
+        x = inputs[i]  # a new input each round, the same for every arm of it
         for name, module in arms.items():  # interleaved: every round times every arm once
-            f = _time(lambda: forward(name, module))  # noqa: B023
-            fb = _time(lambda: forward_backward(name, module))  # noqa: B023
+            f = _time(lambda: forward(name, module), device)  # noqa: B023
+            fb = _time(lambda: forward_backward(name, module), device)  # noqa: B023
             if i >= warmup:
                 results[name].forward_all_ms.append(f)
                 results[name].forward_backward_all_ms.append(fb)
@@ -192,16 +244,34 @@ def bench_shape(shape: Shape, repeats: int = 7, warmup: int = 2, dtype: torch.dt
     for r in results.values():
         r.forward_ms = statistics.median(r.forward_all_ms)
         r.forward_backward_ms = statistics.median(r.forward_backward_all_ms)
-    hf = {n: r for n, r in results.items() if n.startswith("hf-")}
+    hf_arms = {n: r for n, r in results.items() if n.startswith("hf-")}
+    tflops = {
+        n: {
+            mode: arm_flops(shape, n)[mode] / (getattr(r, f"{mode}_ms") / 1000) / 1e12
+            for mode in ("forward", "forward_backward")
+        }
+        for n, r in results.items()
+    }
     out = {
         "shape": asdict(shape),
         "dtype": str(dtype).replace("torch.", ""),
-        "arms": {n: asdict(r) for n, r in results.items()},
+        "device": device.type,
+        "arms": {n: {**asdict(r), "tflops": tflops[n]} for n, r in results.items()},
         "moe_over_dense": {
             "forward": results["moe"].forward_ms / results["dense"].forward_ms,
             "forward_backward": results["moe"].forward_backward_ms / results["dense"].forward_backward_ms,
         },
+        "moe_tflops_share_of_dense": {
+            mode: tflops["moe"][mode] / tflops["dense"][mode] for mode in ("forward", "forward_backward")
+        },
     }
+    if compiled:
+        out["compiled_moe_over_compiled_dense"] = {
+            mode: getattr(results["moe-compiled"], f"{mode}_ms")
+            / getattr(results["dense-compiled"], f"{mode}_ms")
+            for mode in ("forward", "forward_backward")
+        }
+    hf = hf_arms
     if hf:
         best_f = min(hf, key=lambda n: hf[n].forward_ms)
         best_fb = min(hf, key=lambda n: hf[n].forward_backward_ms)
@@ -214,34 +284,61 @@ def bench_shape(shape: Shape, repeats: int = 7, warmup: int = 2, dtype: torch.dt
     return out
 
 
-def run_benchmark(shapes: list[str] | None = None, repeats: int = 7, dtype: str = "auto") -> dict:
-    """``dtype`` ``auto`` is bfloat16 where this machine runs bf16 natively (:func:`audiomoe.runtime.bf16_native`),
-    else float32: an emulated bf16 would time the emulation, not the adapter."""
+def run_benchmark(
+    shapes: list[str] | None = None,
+    repeats: int = 7,
+    dtype: str = "auto",
+    device: str = "cpu",
+    hf: bool = True,
+    compiled: bool = False,
+) -> dict:
+    """``dtype`` ``auto`` is bfloat16 where this machine runs bf16 natively (:func:`audiomoe.runtime.bf16_native`;
+    always on CUDA), else float32: an emulated bf16 would time the emulation, not the adapter."""
     chosen = [s for s in SHAPES if shapes is None or s.name in shapes]
     if not chosen:
         raise ValueError(f"no such shape; choose from {[s.name for s in SHAPES]}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "--device cuda: no CUDA GPU is visible to torch here (torch.cuda.is_available() is False)"
+        )
     if dtype == "auto":
-        dtype = "bfloat16" if runtime.resolve_precision("auto", "cpu") == "bf16" else "float32"
+        dtype = "bfloat16" if runtime.resolve_precision("auto", device) == "bf16" else "float32"
     capability, _ = runtime.cpu_bf16_flags()
+    kernels.reset_auto_choices()
+    results = {
+        s.name: bench_shape(
+            s, repeats=repeats, dtype=getattr(torch, dtype), device=device, hf=hf, compiled=compiled
+        )
+        for s in chosen
+    }
     return {
         "torch": torch.__version__,
+        "machine": machine(torch.device(device)),
         "cpu_model": runtime.cpu_model(),
         "cpu_capability": capability,
+        "device": device,
         "dtype": dtype,
         "threads": torch.get_num_threads(),
         "repeats": repeats,
-        "shapes": {s.name: bench_shape(s, repeats=repeats, dtype=getattr(torch, dtype)) for s in chosen},
+        "shapes": results,
+        # what kernel: auto chose for each shape class it met (the moe arm), with the probe's times
+        "auto_kernel_choices": kernels.auto_choices_as_dicts(),
     }
 
 
 def format_table(result: dict) -> str:
-    lines = [
-        "| shape | arm | forward ms | fwd+bwd ms |",
-        "|---|---|---:|---:|",
+    lines = [f"machine: {result['machine']}, {result.get('dtype', '')}"] if "machine" in result else []
+    lines += [
+        "| shape | arm | forward ms | fwd+bwd ms | TFLOP/s fwd | fwd+bwd |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for name, r in result["shapes"].items():
         for arm, a in r["arms"].items():
-            lines.append(f"| {name} | {arm} | {a['forward_ms']:.1f} | {a['forward_backward_ms']:.1f} |")
+            t = a.get("tflops", {})
+            lines.append(
+                f"| {name} | {arm} | {a['forward_ms']:.1f} | {a['forward_backward_ms']:.1f} | "
+                f"{t.get('forward', float('nan')):.3f} | {t.get('forward_backward', float('nan')):.3f} |"
+            )
     lines += [
         "",
         "| shape | moe_over_dense fwd | fwd+bwd | moe_over_hf_best fwd | fwd+bwd |",
@@ -256,4 +353,17 @@ def format_table(result: dict) -> str:
             else "n/a (not square) | n/a"
         )
         lines.append(f"| {name} | {d['forward']:.2f} | {d['forward_backward']:.2f} | {hf} |")
+    if any("compiled_moe_over_compiled_dense" in r for r in result["shapes"].values()):
+        lines += ["", "| shape | compiled moe / compiled dense fwd | fwd+bwd |", "|---|---:|---:|"]
+        for name, r in result["shapes"].items():
+            c = r.get("compiled_moe_over_compiled_dense")
+            if c:
+                lines.append(f"| {name} | {c['forward']:.2f} | {c['forward_backward']:.2f} |")
+    lines += ["", "| shape | MoE TFLOP/s as a share of dense fwd | fwd+bwd |", "|---|---:|---:|"]
+    for name, r in result["shapes"].items():
+        share = r.get("moe_tflops_share_of_dense")
+        if share:
+            lines.append(f"| {name} | {share['forward']:.0%} | {share['forward_backward']:.0%} |")
+    for choice in result.get("auto_kernel_choices", []):
+        lines.append(kernels.AutoChoice(**choice).describe())
     return "\n".join(lines)

@@ -26,6 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="auto: bfloat16 where this machine runs bf16 natively, else float32",
     )
     a.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    a.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    a.add_argument(
+        "--no-hf", action="store_true", help="skip transformers' blocks (slow to build at large shapes)"
+    )
+    a.add_argument(
+        "--compile",
+        action="store_true",
+        help="add torch.compile'd MoE and dense arms (compiling takes a while)",
+    )
     a.set_defaults(func=run_adapter)
     c = which.add_parser(
         "contention",
@@ -110,7 +119,10 @@ def run_adapter(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    result = run_benchmark(args.shape, repeats=args.repeats, dtype=args.dtype)
+    result = run_benchmark(
+        args.shape, repeats=args.repeats, dtype=args.dtype, device=args.device, hf=not args.no_hf,
+        compiled=args.compile,
+    )  # fmt: skip
     return report(result, format_table(result), args.json)
 
 
