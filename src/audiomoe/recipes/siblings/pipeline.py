@@ -134,7 +134,7 @@ def run_siblings(
 
     by = {(r["arm"], r["seed"]): r for r in results}
     second, upcycle_reports = [], {}
-    text_data = {"data": {"train": [str(train_manifest)], "batch_size": settings.distill_batch,
+    text_data = {"data": {"train": [str(train_manifest)], "batch_size": settings.text_batch,
                           "feature_cache": str(cache_dir)}}  # fmt: skip
     for s in settings.seeds:
         torch.manual_seed(s)  # the router's random init: the same upcycled start on every rerun
@@ -146,7 +146,8 @@ def run_siblings(
         second.append(job("moe-upcycled", s, half, {"path": str(upcycled_dir)}))
         # CORD's prerequisite: a text path better than the audio path (the start of the distillation arms)
         second.append(job(TEXT_ARM, s, settings.text_steps, {"path": by[("moe", s)]["model_dir"]},
-                          objective={"type": "text_audio_lm"}, **text_data))  # fmt: skip
+                          objective={"type": "text_audio_lm", "audio_weight": settings.text_audio_weight},
+                          **text_data))  # fmt: skip
     results += run_arms(second, n_workers, on_done=done, runner=run_job)
     by = {(r["arm"], r["seed"]): r for r in results}
     clock.lap("upcycled_and_text_path_arms")

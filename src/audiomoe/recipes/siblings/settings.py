@@ -28,7 +28,11 @@ class SiblingsSettings:
     moue_blocks: int = 4
     moue_experts_per_block: int = 2
     moue_top_k: int = 1
-    text_steps: int = 100  # text_lm steps that make the text path competent before distillation
+    # The text-path stage (text_audio_lm): the text view of the batch's semantic items (about a fifth of a batch
+    # of the mixed corpus) plus text_audio_weight x the audio view of all of it, so the other groups are kept
+    text_steps: int = 200
+    text_batch: int = 32
+    text_audio_weight: float = 0.5
     distill_steps: int = 60
     distill_batch: int = 16
     distill_lr: float = 3e-4
@@ -46,7 +50,7 @@ class SiblingsSettings:
 # batches of 32, as when the siblings' figures in the README were measured (the demo itself now trains on 16)
 FULL = SiblingsSettings(demo=dataclasses.replace(DEMO_FULL, batch_size=32))
 QUICK = SiblingsSettings(
-    demo=DEMO_QUICK, steps=4, mlp_hidden=128, text_steps=2, distill_steps=2, distill_batch=4, distill_max_new_tokens=4,
+    demo=DEMO_QUICK, steps=4, mlp_hidden=128, text_steps=2, text_batch=4, distill_steps=2, distill_batch=4, distill_max_new_tokens=4,
     group_size=2,
 )  # fmt: skip
 PROFILES = {"full": FULL, "quick": QUICK}
