@@ -88,7 +88,9 @@ def test_fused_silu_mul_matches_eager_within_bf16_rounding() -> None:
     out = kernels.silu_mul(gate, up)
     out.float().sum().backward()
     reference = torch.nn.functional.silu(gate32.bfloat16().float()) * up32.bfloat16().float()
-    assert out.dtype == torch.bfloat16 and not kernels._FUSED_FAILED  # the compiled kernel ran, not the fallback
+    assert (
+        out.dtype == torch.bfloat16 and not kernels._FUSED_FAILED
+    )  # the compiled kernel ran, not the fallback
     assert torch.allclose(out.float(), reference, rtol=1e-2, atol=1e-2)
     g32, u32 = gate.detach().float().requires_grad_(), up.detach().float().requires_grad_()
     (torch.nn.functional.silu(g32) * u32).sum().backward()

@@ -21,7 +21,9 @@ X = torch.randn(24, 5, generator=torch.Generator().manual_seed(3))
 Y = torch.cos(X).sum(-1)
 # the batches of an epoch, in order: 4 rows each; the labels mask says which rows count (the "tokens")
 BATCHES = [list(range(i, i + 4)) for i in range(0, 24, 4)]
-VALID = torch.tensor([1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0, 1, 1, 1, 1], dtype=torch.bool)
+VALID = torch.tensor(
+    [1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0, 1, 1, 1, 1], dtype=torch.bool
+)
 # valid tokens per batch: 1, 4, 2, 3, 1, 4
 
 
@@ -52,7 +54,14 @@ def collate(indices: list[int]) -> dict[str, torch.Tensor]:
 def run(tmp_path: Path, *overrides: str) -> tuple[Masked, list[dict]]:
     config = load_train_config(
         None,
-        [f"out_dir={tmp_path}", "steps=2", "progress=false", "precision=fp32", "optim.clip_norm=0", *overrides],
+        [
+            f"out_dir={tmp_path}",
+            "steps=2",
+            "progress=false",
+            "precision=fp32",
+            "optim.clip_norm=0",
+            *overrides,
+        ],
     )
     seed_everything(0)
     model = Masked()
