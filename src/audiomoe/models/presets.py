@@ -95,6 +95,13 @@ def _whisper_tiny_en(adapter_type: str) -> dict[str, Any]:
     }
 
 
+def _whisper_tiny_en_random(adapter_type: str) -> dict[str, Any]:
+    """whisper-tiny-en's shapes with a random-init encoder of Whisper tiny.en's size (d_model 384, 4 layers,
+    6 heads): for GPU checks and benchmarks on a machine without the weights package."""
+    tiny_en = {**_tiny_whisper(d_model=384, layers=4, heads=6), "encoder_ffn_dim": 1536}
+    return {**_whisper_tiny_en(adapter_type), "encoder": {"type": "whisper", "config": tiny_en}}
+
+
 def _real_small(adapter_type: str) -> dict[str, Any]:
     return {
         "encoder": {"type": "whisper", "path": "tiny.en"},
@@ -117,6 +124,10 @@ PRESETS: dict[str, Preset] = {
     ),
     "whisper-tiny-en": Preset(
         "real Whisper tiny.en encoder + small random-init Qwen2 LLM (CPU demo)", _whisper_tiny_en
+    ),
+    "whisper-tiny-en-random": Preset(
+        "whisper-tiny-en's shapes, random-init encoder of tiny.en's size (GPU checks without weights)",
+        _whisper_tiny_en_random,
     ),
     "real-small": Preset("real Whisper tiny.en encoder + real SmolLM2-135M-Instruct with LoRA", _real_small),
 }
