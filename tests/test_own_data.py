@@ -156,6 +156,7 @@ def test_lhotse_cuts_segments_and_a_clip_corrupted_after_validation_is_skipped(
     assert summary["steps"] == 8 and summary["skipped_clips"] >= 1
     assert all(reason.startswith("c5: ") and "c5.wav" in reason for reason in summary["skip_reasons"])
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in logged if "loss" in r]  # train records (kernel_choice records carry no counts)
     assert logged[-1]["skipped_clips"] == summary["skipped_clips"] and logged[0]["skipped_clips"] <= 1
     clip.write_bytes(good)
     report = evaluate(tmp_path, run, source)

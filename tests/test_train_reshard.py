@@ -128,6 +128,7 @@ def test_a_position_the_processes_cannot_share_is_refused(tmp_path: Path) -> Non
     state = ckpt.load_object(step3 / ckpt.TRAINER_FILE)
     trainer = Trainer.__new__(Trainer)
     trainer.env, trainer.stream = DistEnv(rank=0, world_size=2), BatchStream(lambda e: [], lambda i: i)
+    trainer.config = load_train_config(None, [f"out_dir={tmp_path / 'r'}"])
     with pytest.raises(ConfigError, match="3 batches into its epoch, which 2 processes cannot share"):
         trainer._stream_state(step3, state, saved_world=1)
 
