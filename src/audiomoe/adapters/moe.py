@@ -50,7 +50,7 @@ class MoEAdapterConfig(AdapterConfig):
     bias_update_rate: float = 1e-3  # router="sigmoid": aux-loss-free bias step per optimizer step
     load_balance_coef: float = 0.01  # Switch / GShard loss
     z_loss_coef: float = 0.0  # router z-loss
-    kernel: Literal["auto", "loop", "grouped_mm"] = "auto"
+    kernel: Literal["auto", "loop", "grouped_mm", "grouped_mm_padded"] = "auto"
     pre_norm: bool = False  # LayerNorm on the front's output before router and experts
     fuse_dim: int | None = None  # the paper's fusion of stacked frames (LN -> Linear -> SiLU -> LN)
     mixture_dim: int | None = None  # M when aggregation != "none"

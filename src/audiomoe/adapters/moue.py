@@ -59,7 +59,7 @@ class MoUEAdapterConfig(AdapterConfig):
     balance: BalanceKind = "per_layer"
     load_balance_coef: float = 0.01
     widen_steps: int = 0  # progressive conversion: training forwards over which window_bias anneals to 0
-    kernel: Literal["auto", "loop", "grouped_mm"] = "auto"
+    kernel: Literal["auto", "loop", "grouped_mm", "grouped_mm_padded"] = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
