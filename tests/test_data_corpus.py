@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,7 +11,15 @@ import numpy as np
 import pytest
 
 from audiomoe.data.audio import load_audio
-from audiomoe.data.corpus import build_corpus
+from audiomoe.data.corpus import (
+    CORPUS_VERSION,
+    ClipPlan,
+    CorpusSummary,
+    _assign,
+    build_corpus,
+    corpus_tasks,
+    plan_clip,
+)
 from audiomoe.data.manifest import read_manifest, validate_manifest
 from audiomoe.data.music import MusicSpec, midi_to_hz, render_music
 from audiomoe.data.speech import HELD_OUT_SPEAKERS, SPEAKERS, SpeechSpec, synthesize, synthesize_raw
@@ -107,3 +117,68 @@ def test_major_and_minor_chords_differ_in_their_third() -> None:
 
     assert third_ratio("major") > 5.0
     assert third_ratio("minor") < 0.2
+
+
+def _plans(n: int, seed: int, extra_tasks: tuple[str, ...] = ()) -> list[ClipPlan]:
+    splits, tasks = _assign(n, seed, group_tasks=corpus_tasks(extra_tasks))
+    return [plan_clip(i, seed, splits[i], tasks[i]) for i in range(n)]
+
+
+def test_default_corpus_plans_are_unchanged() -> None:
+    # The plans of 500 clips at seed 11, as every corpus since CORPUS_VERSION 2 made them: optional tasks and
+    # the planner's registry must not move a byte of the default corpus (the demo's cached corpora and figures
+    # rest on it). A deliberate change of the default corpus bumps CORPUS_VERSION and this digest together.
+    plans = [dataclasses.asdict(p) for p in _plans(500, 11)]
+    digest = hashlib.sha256(json.dumps(plans, sort_keys=True).encode()).hexdigest()
+    assert CORPUS_VERSION == 2
+    assert digest == "f9c314d354e81cedb699d697281625905bb7a4a01db41a7ba5043989aa2e73f0"
+
+
+def test_spoken_arithmetic_answers_follow_from_the_words() -> None:
+    plans = _plans(1000, 3, ("arithmetic",))
+    by_task = {t: [p for p in plans if p.task == t] for t in {p.task for p in plans}}
+    assert len(by_task["arithmetic"]) == 50  # a quarter of the semantic fifth
+    assert {len(by_task[t]) for t in ("transcribe", "digit", "keyword")} == {50}
+    number = {w: i for i, w in enumerate(TASKS["digit"].labels)}
+    results, operators = set(), set()
+    for p in by_task["arithmetic"]:
+        words = p.transcript.split()
+        op_at = next(i for i, w in enumerate(words) if w in ("plus", "minus"))
+        a, op, b = number[words[op_at - 1]], words[op_at], number[words[op_at + 1]]
+        value = a + b if op == "plus" else a - b
+        assert p.answer == TASKS["arithmetic"].labels[value] == p.attributes["arithmetic"]
+        assert p.attributes["expression"] == " ".join(words[op_at - 1 : op_at + 2])
+        results.add(value)
+        operators.add(op)
+    assert results == set(range(10)) and operators == {"plus", "minus"}
+    # the other groups' clips are planned as without the extra task (only the semantic draw is shared)
+    default = {p.index: p for p in _plans(1000, 3)}
+    same_group = [p for p in plans if TASKS[p.task].group != "semantic"]
+    assert same_group and all(p == default[p.index] for p in same_group)
+
+
+def test_unknown_extra_task_names_what_the_corpus_can_add() -> None:
+    with pytest.raises(ValueError, match="arithmet.*unknown; the corpus can add: arithmetic"):
+        corpus_tasks(("arithmetc",))
+
+
+def test_ensure_corpus_rebuilds_when_the_extra_tasks_change(tmp_path: Path, monkeypatch) -> None:
+    from audiomoe.recipes.demo import corpus as demo_corpus
+
+    built: list[tuple[str, ...]] = []
+
+    def fake_build(directory, clips, seed, splits, extra_tasks=()):
+        built.append(tuple(extra_tasks))
+        return CorpusSummary(str(directory), clips, seed, {}, [], [], 0, 0, 0, 0, {}, splits, CORPUS_VERSION,
+                             list(extra_tasks))  # fmt: skip
+
+    monkeypatch.setattr(demo_corpus, "build_corpus", fake_build)
+    splits = {"train": 0.8, "dev": 0.1, "test": 0.1}
+    for split in splits:
+        (tmp_path / f"{split}.jsonl").write_text("")
+    # a summary written before extra tasks existed: the default corpus
+    old = {"n": 10, "seed": 0, "splits": splits, "version": CORPUS_VERSION}
+    (tmp_path / "summary.json").write_text(json.dumps(old))
+    assert demo_corpus.ensure_corpus(tmp_path, 10, 0, splits)["reused"] is True
+    assert demo_corpus.ensure_corpus(tmp_path, 10, 0, splits, ("arithmetic",))["reused"] is False
+    assert built == [("arithmetic",)]

@@ -39,6 +39,8 @@ from audiomoe.data.music import PROGRESSIONS, TEMPO_BPM, TEXTURES, TIMBRES, Musi
 from audiomoe.data.sounds import EVENTS, render_event
 from audiomoe.data.speech import (
     ACCENT_VOICES,
+    ARITHMETIC_CARRIERS,
+    ARITHMETIC_OPERATORS,
     DIGIT_CARRIERS,
     HELD_OUT_SENTENCES,
     HELD_OUT_SPEAKERS,
@@ -83,13 +85,16 @@ CORPUS_TASKS: dict[str, tuple[str, ...]] = {
     "music": ("instrument", "mode", "tempo"),
     "scene": ("scene",),
 }
+# Tasks the corpus makes only when asked (``build_corpus(extra_tasks=...)``), with the group whose clips they
+# share: the default mix, and so the demo's corpus, stays byte-identical.
+OPTIONAL_TASKS: dict[str, str] = {"arithmetic": "semantic"}
 # Scene compositions (bit 0 speech, 1 music, 2 event) and how often the scene task draws each: mostly mixtures.
 SCENE_WEIGHTS: dict[int, float] = {1: 0.1, 2: 0.1, 4: 0.1, 3: 0.2, 5: 0.2, 6: 0.2, 7: 0.1}
 # Pure clips made for the other groups: speech for semantic and paralinguistic tasks.
 GROUP_COMPONENTS: dict[str, int] = {"semantic": 1, "paralinguistic": 1, "music": 2, "sound": 4}
 SNR_DB: tuple[int, ...] = (0, 5, 10, 15)
 # Tasks where a whispered/croaked voice is allowed (gender, speaker, pitch and accent stay with the clean voice).
-STYLE_TASKS = ("transcribe", "digit", "keyword", "rate", "style")
+STYLE_TASKS = ("transcribe", "digit", "keyword", "arithmetic", "rate", "style")
 
 assert set(EVENTS) == set(SOUND_EVENTS) and set(TIMBRES) == set(INSTRUMENTS), "tasks label sets out of sync"
 assert set(CORPUS_TASKS) == set(TASK_GROUPS)
@@ -134,6 +139,7 @@ class CorpusSummary:
     manifests: dict[str, str] = field(default_factory=dict)
     splits: dict[str, float] = field(default_factory=lambda: dict(SPLITS))
     version: int = 0
+    extra_tasks: list[str] = field(default_factory=list)
 
 
 def _pick(rng: np.random.Generator, options) -> object:
@@ -144,7 +150,25 @@ def _uniform_int(rng: np.random.Generator, lo_hi: tuple[int, int]) -> int:
     return int(rng.integers(lo_hi[0], lo_hi[1] + 1))
 
 
-def _assign(n: int, seed: int, fractions: Mapping[str, float] = SPLITS) -> tuple[list[str], list[str]]:
+def corpus_tasks(extra_tasks: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """The tasks each group draws: :data:`CORPUS_TASKS` plus the requested :data:`OPTIONAL_TASKS`."""
+    unknown = [t for t in extra_tasks if t not in OPTIONAL_TASKS]
+    if unknown:
+        raise ValueError(
+            f"extra corpus task(s) {', '.join(unknown)} unknown; the corpus can add: {', '.join(OPTIONAL_TASKS)}"
+        )
+    return {
+        g: tasks + tuple(t for t in extra_tasks if OPTIONAL_TASKS[t] == g)
+        for g, tasks in CORPUS_TASKS.items()
+    }
+
+
+def _assign(
+    n: int,
+    seed: int,
+    fractions: Mapping[str, float] = SPLITS,
+    group_tasks: Mapping[str, tuple[str, ...]] = CORPUS_TASKS,
+) -> tuple[list[str], list[str]]:
     """Exactly balanced split and task lists of length n (balanced groups, then tasks within each group)."""
     rng = np.random.default_rng([seed, 1 << 30])
     splits = []
@@ -158,11 +182,45 @@ def _assign(n: int, seed: int, fractions: Mapping[str, float] = SPLITS) -> tuple
     for i, g in enumerate(groups):
         by_group[g].append(i)
     for g, idx in by_group.items():
-        options = CORPUS_TASKS[g]
+        options = group_tasks[g]
         order = rng.permutation(len(idx))
         for rank, j in enumerate(order):
             tasks[idx[j]] = options[rank % len(options)]
     return splits, tasks
+
+
+def _sentence(rng: np.random.Generator, split: str, attrs: dict[str, str]) -> str:
+    sentences = HELD_OUT_SENTENCES if split == "test" else TRAIN_SENTENCES
+    sid = int(rng.integers(len(sentences)))
+    attrs["sentence_id"] = f"{'heldout' if split == 'test' else 'train'}-{sid:02d}"
+    return sentences[sid]
+
+
+def _digit(rng: np.random.Generator, split: str, attrs: dict[str, str]) -> str:
+    attrs["digit"] = word = str(_pick(rng, DIGITS))
+    return str(_pick(rng, DIGIT_CARRIERS)).format(w=word)
+
+
+def _keyword(rng: np.random.Generator, split: str, attrs: dict[str, str]) -> str:
+    attrs["keyword"] = word = str(_pick(rng, KEYWORDS))
+    return str(_pick(rng, KEYWORD_CARRIERS)).format(w=word)
+
+
+def _arithmetic(rng: np.random.Generator, split: str, attrs: dict[str, str]) -> str:
+    """A sum or difference of two digits whose result is a digit: 55 sums and 55 differences, every one in every
+    split (the words are the question; held-out voices, not held-out sums, make the test split new)."""
+    op = str(_pick(rng, ARITHMETIC_OPERATORS))
+    result = int(rng.integers(10))
+    a = int(rng.integers(result + 1)) if op == "plus" else int(rng.integers(result, 10))
+    b = result - a if op == "plus" else a - result
+    attrs |= {"arithmetic": DIGITS[result], "operator": op, "expression": f"{DIGITS[a]} {op} {DIGITS[b]}"}
+    return str(_pick(rng, ARITHMETIC_CARRIERS)).format(a=DIGITS[a], op=op, b=DIGITS[b])
+
+
+# What a clip says, by kind: each draws its words (and records what they are in ``attrs``) from the clip's rng.
+CONTENT_PLANNERS = {"sentence": _sentence, "digit": _digit, "keyword": _keyword, "arithmetic": _arithmetic}
+# The content a semantic task's clip carries (other speech tasks draw one of the first three).
+TASK_CONTENT = {"transcribe": "sentence", "digit": "digit", "keyword": "keyword", "arithmetic": "arithmetic"}
 
 
 def _plan_speech(
@@ -173,20 +231,10 @@ def _plan_speech(
         TRAIN_SPEAKERS if (split != "test" or task == "speaker") else HELD_OUT_SPEAKERS
     )
     speaker = speakers[int(rng.integers(len(speakers)))]
-    sentences = HELD_OUT_SENTENCES if split == "test" else TRAIN_SENTENCES
-    content = {"transcribe": "sentence", "digit": "digit", "keyword": "keyword"}.get(task)
-    if content is None:
+    content = TASK_CONTENT.get(task)
+    if content is None:  # a paralinguistic question about speech: any of the default contents
         content = str(_pick(rng, ("sentence", "sentence", "sentence", "digit", "keyword")))
-    if content == "sentence":
-        sid = int(rng.integers(len(sentences)))
-        text = sentences[sid]
-        attrs["sentence_id"] = f"{'heldout' if split == 'test' else 'train'}-{sid:02d}"
-    elif content == "digit":
-        attrs["digit"] = word = str(_pick(rng, DIGITS))
-        text = str(_pick(rng, DIGIT_CARRIERS)).format(w=word)
-    else:
-        attrs["keyword"] = word = str(_pick(rng, KEYWORDS))
-        text = str(_pick(rng, KEYWORD_CARRIERS)).format(w=word)
+    text = CONTENT_PLANNERS[content](rng, split, attrs)
     if task == "style":
         style = str(_pick(rng, STYLES))
     elif task in STYLE_TASKS:
@@ -369,11 +417,14 @@ def build_corpus(
     seed: int = 0,
     workers: int | None = None,
     splits: Mapping[str, float] | None = None,
+    extra_tasks: tuple[str, ...] = (),
 ) -> CorpusSummary:
     """Make ``n`` clips under ``out_dir`` (see the module docstring); returns the summary that was written.
 
     ``workers``: processes (default: all CPUs). ``splits``: share of each of train / dev / test (default
-    :data:`SPLITS`). Raises SynthesisError (a ValueError) when espeak-ng is missing.
+    :data:`SPLITS`). ``extra_tasks``: names in :data:`OPTIONAL_TASKS` added to their group's draw (the group's
+    share of clips is unchanged, shared by more tasks). Raises SynthesisError (a ValueError) when espeak-ng is
+    missing.
     """
     if n < len(TASK_GROUPS):
         raise ValueError(f"--n must be at least {len(TASK_GROUPS)} (one clip per task group), got {n}")
@@ -384,11 +435,13 @@ def build_corpus(
         or abs(sum(fractions.values()) - 1) > 1e-6
     ):
         raise ValueError(f"splits must give train, dev and test shares >= 0 that sum to 1, got {fractions}")
+    extra_tasks = tuple(dict.fromkeys(extra_tasks))
+    group_tasks = corpus_tasks(extra_tasks)
     require_espeak()
     out = Path(out_dir)
     _prepare_out_dir(out)
     start = time.perf_counter()
-    split_of, tasks = _assign(n, seed, fractions)
+    split_of, tasks = _assign(n, seed, fractions, group_tasks)
     plans = [plan_clip(i, seed, split_of[i], tasks[i]) for i in range(n)]
     workers = max(1, workers or os.cpu_count() or 1)
     samples: dict[int, int] = {}
@@ -427,6 +480,7 @@ def build_corpus(
         seed=seed,
         splits=fractions,
         version=CORPUS_VERSION,
+        extra_tasks=list(extra_tasks),
         counts={s: _counts(r) for s, r in records.items()},
         held_out_speakers=[f"{s.name} ({s.gender}, {s.accent})" for s in HELD_OUT_SPEAKERS],
         held_out_sentences=list(HELD_OUT_SENTENCES),

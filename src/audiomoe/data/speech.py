@@ -207,6 +207,9 @@ HELD_OUT_SENTENCES: tuple[str, ...] = (
 TRAIN_SENTENCES = TRAIN_SENTENCES + _grammar_sentences()
 DIGIT_CARRIERS: tuple[str, ...] = ("{w}", "the number is {w}", "press {w}", "{w} please")
 KEYWORD_CARRIERS: tuple[str, ...] = ("{w}", "say {w}", "the word is {w}")
+# Spoken arithmetic: "{a} plus {b}" and "{a} minus {b}" with a one-digit result (0..9).
+ARITHMETIC_CARRIERS: tuple[str, ...] = ("what is {a} {op} {b}", "{a} {op} {b}", "how much is {a} {op} {b}")
+ARITHMETIC_OPERATORS: tuple[str, ...] = ("plus", "minus")
 
 
 def synthesize(spec: SpeechSpec, sampling_rate: int = 16000, backend: str = "auto") -> np.ndarray:

@@ -17,13 +17,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=0, help="seed; the same seed gives byte-identical manifests"
     )
     build.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    build.add_argument(
+        "--extra-task",
+        action="append",
+        default=[],
+        help="also make this task's clips, sharing its group's share (repeatable; e.g. arithmetic)",
+    )
     build.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from audiomoe.data.corpus import build_corpus
 
-    summary = build_corpus(args.out, n=args.n, seed=args.seed, workers=args.workers)
+    summary = build_corpus(
+        args.out, n=args.n, seed=args.seed, workers=args.workers, extra_tasks=tuple(args.extra_task)
+    )
     tasks = summary.counts["train"]["task"]
     print(
         f"built {summary.n} clips ({summary.total_audio_seconds / 60:.1f} min of audio) in {summary.out_dir}"

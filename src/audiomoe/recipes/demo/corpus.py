@@ -17,19 +17,25 @@ from audiomoe.data.tasks import get_task
 TRANSCRIBE = "transcribe"
 
 
-def ensure_corpus(directory: Path, clips: int, seed: int, splits: dict[str, float]) -> dict[str, Any]:
-    """Build the corpus unless one of the same size, seed, splits and corpus version is already there."""
+def ensure_corpus(
+    directory: Path, clips: int, seed: int, splits: dict[str, float], extra_tasks: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Build the corpus unless one of the same size, seed, splits, extra tasks and corpus version is there."""
     summary_path = directory / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         wanted = {"n": clips, "seed": seed, "splits": splits, "version": CORPUS_VERSION}
-        if all(summary.get(k) == v for k, v in wanted.items()) and all(
-            (directory / f"{s}.jsonl").is_file() for s in splits
+        # a summary written before extra tasks existed holds none
+        same_tasks = summary.get("extra_tasks", []) == list(extra_tasks)
+        if (
+            same_tasks
+            and all(summary.get(k) == v for k, v in wanted.items())
+            and all((directory / f"{s}.jsonl").is_file() for s in splits)
         ):
             summary["reused"] = True
             return summary
         shutil.rmtree(directory)  # an older or different corpus: rebuild it in place
-    summary = dataclasses.asdict(build_corpus(directory, clips, seed, splits=splits))
+    summary = dataclasses.asdict(build_corpus(directory, clips, seed, splits=splits, extra_tasks=extra_tasks))
     summary["reused"] = False
     return summary
 
