@@ -43,11 +43,11 @@ def test_foundation_manifest_adds_a_text_view_of_semantic_items_only(tmp_path):
 
 def test_gap_reduction_follows_the_papers_definition():
     # start: text 0.8, audio 0.5 -> gap 0.3; cord's audio 0.62 (+0.12 = 40% of the gap), interval +0.06..+0.18
-    def arm(mean):
-        return {"groups": {"semantic": {"mean": mean}}}
+    def arm(mean, digit):
+        return {"groups": {"semantic": {"mean": mean}}, "tasks": {"digit": {"mean": digit}}}
 
     versus_base = {
-        "arms": {"base": arm(0.5), "cord": arm(0.62)},
+        "arms": {"base": arm(0.5, 0.4), "cord": arm(0.62, 0.7)},
         "differences": {"cord": {"groups": {
             "semantic": {"difference": -0.12, "low": -0.18, "high": -0.06, "p": 0.01, "detectable": 0.05},
             "music": {"difference": 0.02, "low": -0.01, "high": 0.05, "p": 0.3},
@@ -59,3 +59,6 @@ def test_gap_reduction_follows_the_papers_definition():
     assert summary["gap_before"] == pytest.approx(0.3) and cord["gap_after"] == pytest.approx(0.18)
     assert cord["gap_reduction_pct"] == pytest.approx({"difference": 40.0, "low": 20.0, "high": 60.0})
     assert cord["retention"]["music"]["difference"] == pytest.approx(-0.02)  # method − start
+    # per task: the start's text score, the start's and each method's audio score
+    assert summary["tasks"] == {"digit": {"text_start": 0.9, "audio": {"base": 0.4, "cord": 0.7}},
+                                "keyword": {"text_start": 0.7, "audio": {}}}  # fmt: skip

@@ -1,6 +1,7 @@
 """``audiomoe siblings``: the seed paper's sibling methods, measured at toy scale on CPU in one command.
 
-1. **Data** (the demo's): the built-in corpus, its ASR views, frozen Whisper features cached once. The foundation
+1. **Data** (the demo's, plus spoken arithmetic): the built-in corpus with ``extra_tasks`` (spoken sums and
+   differences, a semantic task whose answer follows from the words), its ASR views, frozen Whisper features cached once. The foundation
    LLM is the demo's, pretrained on the corpus text *plus a text view of every semantic training item* (the
    transcript in quotes, then the question: the prompt ``eval --modality-gap`` asks), so that the text path is
    competent before CORD uses it as the teacher.
@@ -90,7 +91,7 @@ def run_siblings(
     n_workers = workers or default_workers()
     configure_threads()
     corpus_dir = out / "corpus"
-    corpus = ensure_corpus(corpus_dir, demo.clips, demo.corpus_seed, dict(demo.splits))
+    corpus = ensure_corpus(corpus_dir, demo.clips, demo.corpus_seed, dict(demo.splits), settings.extra_tasks)
     train_manifest, test_manifest = corpus_dir / "train.jsonl", corpus_dir / "test.jsonl"
     asr_manifest = corpus_dir / "train-asr.jsonl"
     write_asr_views(train_manifest, asr_manifest)
@@ -191,7 +192,8 @@ def run_siblings(
         "workers": n_workers,
         "precision": settings.precision,
         "threads_per_worker": 1 if n_workers > 1 else machine_info().get("threads"),
-        "corpus": {k: corpus.get(k) for k in ("n", "seed", "splits", "reused")} | {"text_views": text_views},
+        "corpus": {k: corpus.get(k) for k in ("n", "seed", "splits", "extra_tasks", "reused")}
+        | {"text_views": text_views},
         "foundation": foundation,
         "adapters": describe_adapters(adapters),
         "upcycle": upcycle_reports,

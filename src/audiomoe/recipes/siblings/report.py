@@ -15,6 +15,13 @@ def _text_score(evals: list[dict[str, Any]]) -> float | None:
     return fmean(per_seed) if per_seed else None
 
 
+def _text_scores_by_task(evals: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean over seeds of each semantic task's text-prompt score."""
+    tasks = sorted({t for e in evals for t in e.get("modality_gap") or {}})
+    return {t: fmean(e["modality_gap"][t]["text"] for e in evals if t in (e.get("modality_gap") or {}))
+            for t in tasks}  # fmt: skip
+
+
 def distillation_summary(
     base_evals: list[dict[str, Any]], versus_base: dict[str, Any], arms: tuple[str, ...], base: str
 ) -> dict[str, Any]:
@@ -26,7 +33,14 @@ def distillation_summary(
     text = _text_score(base_evals)
     start = versus_base["arms"][base]["groups"]["semantic"]["mean"]
     gap_before = None if text is None else text - start
-    out: dict[str, Any] = {"text_start": text, "audio_start": start, "gap_before": gap_before, "methods": {}}
+    out: dict[str, Any] = {"start": base, "text_start": text, "audio_start": start, "gap_before": gap_before,
+                           "methods": {}}  # fmt: skip
+    # per semantic task: the start's text and audio scores and each method's audio score (means over seeds)
+    out["tasks"] = {
+        task: {"text_start": score, "audio": {a: versus_base["arms"][a]["tasks"][task]["mean"] for a in (base, *arms)
+                                              if task in versus_base["arms"][a].get("tasks", {})}}
+        for task, score in _text_scores_by_task(base_evals).items()
+    }  # fmt: skip
     for arm in arms:
         diffs = versus_base["differences"][arm]
         gain = diffs["groups"]["semantic"]
@@ -99,6 +113,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {arm} | {m['audio']['mean']:.3f} | {_ci(m['audio_gain'])} | {m.get('gap_after', float('nan')):.3f} "
                 f"| {_ci(r, spec='+.1f') if r else '–'} | {m['audio_gain']['p']:.3f} |"
             )
+        arms = list(summary["methods"])
+        lines += ["", "Per semantic task (means over seeds): the start's text score, then audio scores:", "",
+                  "| task | text (start) | audio (start) | " + " | ".join(arms) + " |",
+                  "|---|---|---|" + "---|" * len(arms)]  # fmt: skip
+        for task, t in summary.get("tasks", {}).items():
+            cells = [f"{t['audio'][a]:.3f}" if a in t["audio"] else "–" for a in (summary["start"], *arms)]
+            lines.append(f"| {task} | {t['text_start']:.3f} | " + " | ".join(cells) + " |")
         groups = sorted({g for m in summary["methods"].values() for g in m["retention"]})
         lines += ["", "Retention (method − start, 95% CI):", "", "| method | " + " | ".join(groups) + " |",
                   "|---|" + "---|" * len(groups)]  # fmt: skip

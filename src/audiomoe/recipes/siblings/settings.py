@@ -21,6 +21,8 @@ class SiblingsSettings:
     each seed's ``moe`` model and train ``distill_steps`` steps of ``distill_batch`` semantic items."""
 
     demo: DemoSettings
+    # the demo's corpus plus spoken arithmetic, a semantic task whose answer follows from the words (CORD's case)
+    extra_tasks: tuple[str, ...] = ("arithmetic",)
     steps: int = 200
     mlp_hidden: int = 256
     experts: int = 4
