@@ -103,6 +103,22 @@ def test_speech_labels_are_physically_true() -> None:
     assert np.array_equal(synthesize_raw(spec, "library")[0], synthesize_raw(spec, "cli")[0])
 
 
+def test_whisper_voice_is_independent_of_the_callers_c_rand_state() -> None:
+    # The whisper variant's breath noise comes from the C library's rand(); a pool worker that used rand() before
+    # starting a voice server once made a different (differently trimmed) clip than another worker: a corpus built
+    # with 2 workers then differed from one built with 1.
+    import ctypes
+
+    spec = SpeechSpec("the old clock stopped at noon", "en-us+whisper", 170, 50, 100)
+    libc = ctypes.CDLL(None)
+    for advance in (3, 11):
+        for _ in range(advance):
+            libc.rand()
+        # speaking another voice starts a new server for the next one
+        synthesize_raw(SpeechSpec("go", "en-us+f1", 150, 30, 140), "library")
+        assert np.array_equal(synthesize_raw(spec, "library")[0], synthesize_raw(spec, "cli")[0]), advance
+
+
 def test_major_and_minor_chords_differ_in_their_third() -> None:
     def third_ratio(mode: str) -> float:
         wave = render_music(MusicSpec("piano", 60, mode, 60.0, "chords", (0,), 2.0))

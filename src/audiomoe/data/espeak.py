@@ -140,6 +140,9 @@ class _EspeakLibrary:
         )
         self._callback = callback_type(self._collect)  # keep a reference: C holds only the pointer
         self.lib.espeak_SetSynthCallback(self._callback)
+        # libespeak-ng draws from the C library's rand() (the whisper variant's breath noise), whose state a
+        # child inherits from whatever this process did before; the CLI starts from glibc's unseeded state, srand(1)
+        self._libc = ctypes.CDLL(None)
         self._server: _VoiceServer | None = None
         self._reaped_reported = 0.0
         self._owner = os.getpid()
@@ -151,6 +154,7 @@ class _EspeakLibrary:
 
     def _speak(self, text: str, rate: int, pitch: int, amplitude: int) -> bytes | None:
         """Speak with the loaded voice (runs in a throw-away child of a voice server)."""
+        self._libc.srand(1)
         for param, value in ((self.RATE, rate), (self.PITCH, pitch), (self.VOLUME, amplitude)):
             self.lib.espeak_SetParameter(param, value, 0)
         encoded = text.encode() + b"\0"
