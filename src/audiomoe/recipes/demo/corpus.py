@@ -24,13 +24,16 @@ def ensure_corpus(
     summary_path = directory / "summary.json"
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
-        wanted = {"n": clips, "seed": seed, "splits": splits, "version": CORPUS_VERSION}
-        # a summary written before extra tasks existed holds none
-        same_tasks = summary.get("extra_tasks", []) == list(extra_tasks)
-        if (
-            same_tasks
-            and all(summary.get(k) == v for k, v in wanted.items())
-            and all((directory / f"{s}.jsonl").is_file() for s in splits)
+        summary.setdefault("extra_tasks", [])  # a summary written before extra tasks existed holds none
+        wanted = {
+            "n": clips,
+            "seed": seed,
+            "splits": splits,
+            "version": CORPUS_VERSION,
+            "extra_tasks": list(extra_tasks),
+        }
+        if all(summary.get(k) == v for k, v in wanted.items()) and all(
+            (directory / f"{s}.jsonl").is_file() for s in splits
         ):
             summary["reused"] = True
             return summary

@@ -1,10 +1,10 @@
 """``audiomoe siblings``: the seed paper's sibling methods, measured at toy scale on CPU in one command.
 
 1. **Data** (the demo's, plus spoken arithmetic): the built-in corpus with ``extra_tasks`` (spoken sums and
-   differences, a semantic task whose answer follows from the words), its ASR views, frozen Whisper features cached once. The foundation
-   LLM is the demo's, pretrained on the corpus text *plus a text view of every semantic training item* (the
-   transcript in quotes, then the question: the prompt ``eval --modality-gap`` asks), so that the text path is
-   competent before CORD uses it as the teacher.
+   differences, a semantic task whose answer follows from the words), its ASR views, frozen Whisper features
+   cached once. The foundation LLM is the demo's, pretrained on the corpus text *plus a text view of every
+   semantic training item* (the transcript in quotes, then the question: the prompt ``eval --modality-gap``
+   asks), so that the text path is competent before CORD uses it as the teacher.
 2. **Architecture arms** at matched active parameters (:mod:`.arms`): dense ``mlp``, single-layer ``moe``,
    ``moue-per-block`` and ``moue-staggered`` (MoUE-style), ``steps`` steps each, ≥ 3 seeds.
 3. **Upcycling**: ``mlp-narrow`` (the MoE's expert width) trains ``steps/2`` steps, ``audiomoe upcycle``'s
