@@ -13,16 +13,26 @@ import pytest
 from audiomoe.data.audio import load_audio
 from audiomoe.data.corpus import (
     CORPUS_VERSION,
+    TEXT_ONLY_AUDIO,
     ClipPlan,
     CorpusSummary,
     _assign,
     build_corpus,
     corpus_tasks,
     plan_clip,
+    plan_text_items,
 )
 from audiomoe.data.manifest import read_manifest, validate_manifest
 from audiomoe.data.music import MusicSpec, midi_to_hz, render_music
-from audiomoe.data.speech import HELD_OUT_SPEAKERS, SPEAKERS, SpeechSpec, synthesize, synthesize_raw
+from audiomoe.data.speech import (
+    HELD_OUT_SENTENCES,
+    HELD_OUT_SPEAKERS,
+    SPEAKERS,
+    TRAIN_SENTENCES,
+    SpeechSpec,
+    synthesize,
+    synthesize_raw,
+)
 from audiomoe.data.tasks import TASK_GROUPS, TASKS
 
 SR = 16000
@@ -171,6 +181,27 @@ def test_spoken_arithmetic_answers_follow_from_the_words() -> None:
     default = {p.index: p for p in _plans(1000, 3)}
     same_group = [p for p in plans if TASKS[p.task].group != "semantic"]
     assert same_group and all(p == default[p.index] for p in same_group)
+
+
+def test_text_only_items_are_new_train_draws_with_answers_from_their_words() -> None:
+    tasks = ("transcribe", "digit", "keyword", "arithmetic")
+    items = plan_text_items(0, tasks, 300)
+    assert [r.key for r in items] == [r.key for r in plan_text_items(0, tasks, 300)]  # deterministic
+    assert items != plan_text_items(1, tasks, 300)  # the seed draws other words
+    assert {t: sum(r.task == t for r in items) for t in tasks} == dict.fromkeys(tasks, 300)
+    assert all(r.audio == TEXT_ONLY_AUDIO and r.transcript for r in items)
+    sentences = {r.transcript for r in items if r.task == "transcribe"}
+    assert sentences <= set(TRAIN_SENTENCES) and not sentences & set(HELD_OUT_SENTENCES)
+    assert all(r.answer == r.transcript for r in items if r.task == "transcribe")
+    number = {w: i for i, w in enumerate(TASKS["digit"].labels)}
+    for r in items:
+        if r.task == "digit":
+            assert r.answer in r.transcript.split()
+        if r.task == "arithmetic":
+            a, op, b = r.attributes["expression"].split()
+            assert number[r.answer] == (number[a] + number[b] if op == "plus" else number[a] - number[b])
+    with pytest.raises(ValueError, match="no spoken content.*choose from"):
+        plan_text_items(0, ("gender",), 1)
 
 
 def test_unknown_extra_task_names_what_the_corpus_can_add() -> None:

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from audiomoe.adapters.presets import count_parameters
+from audiomoe.data.corpus import plan_text_items
 from audiomoe.data.manifest import read_manifest
 from audiomoe.recipes.siblings.arms import architecture_adapters
 from audiomoe.recipes.siblings.pipeline import write_foundation_manifest
@@ -39,6 +40,14 @@ def test_foundation_manifest_adds_a_text_view_of_semantic_items_only(tmp_path):
     records = read_manifest(tmp_path / "f.jsonl")
     assert [r.key for r in records] == ["a", "b", "c", "a-text"]
     assert records[-1].instruction.startswith('"two"\n') and records[-1].answer == "two"
+    # text-only items (no audio file) add their text views only; the foundation reads the manifest's text
+    items = plan_text_items(0, ("digit", "arithmetic"), 3)
+    assert write_foundation_manifest(tmp_path / "train.jsonl", tmp_path / "g.jsonl", items) == 1 + 6
+    records = read_manifest(tmp_path / "g.jsonl", check_files=False)
+    assert [r.key for r in records][3:] == ["a-text"] + [f"{r.key}-text" for r in items]
+    assert all(
+        r.instruction == f'"{item.transcript}"\n{item.instruction}' for r, item in zip(records[4:], items)
+    )
 
 
 def test_gap_reduction_follows_the_papers_definition():

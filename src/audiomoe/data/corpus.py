@@ -313,6 +313,31 @@ def plan_clip(index: int, seed: int, split: str, task: str) -> ClipPlan:
     return plan
 
 
+# Text-only items are planned at indices far past any corpus's clips, so their words are new draws, not copies
+# of a clip's (the clip at index i is planned from the rng [seed, i]).
+TEXT_ONLY_FIRST_INDEX = 1 << 40
+TEXT_ONLY_AUDIO = "(text only)"  # the audio field of a text-only record: there is no file
+
+
+def plan_text_items(seed: int, tasks: tuple[str, ...], per_task: int) -> list[AudioRecord]:
+    """``per_task`` text-only training items of each speech task in ``tasks`` (words, question and answer as the
+    corpus's own planners draw them for the train split, held-out sentences never): what a text LLM is pretrained
+    on. No audio is rendered; ``audio`` is :data:`TEXT_ONLY_AUDIO` and the manifest must be read without file
+    checks."""
+    records = []
+    for t, task in enumerate(tasks):
+        if TASK_CONTENT.get(task) is None:
+            raise ValueError(
+                f"task {task!r} has no spoken content to plan text for; choose from {sorted(TASK_CONTENT)}"
+            )
+        for j in range(per_task):
+            plan = plan_clip(TEXT_ONLY_FIRST_INDEX + t * per_task + j, seed, "train", task)
+            records.append(AudioRecord(key=f"text-{task}-{j:06d}", audio=TEXT_ONLY_AUDIO, task=task,
+                                       instruction=plan.instruction, answer=plan.answer,
+                                       attributes=plan.attributes, transcript=plan.transcript))  # fmt: skip
+    return records
+
+
 def _power(x: np.ndarray) -> float:
     return float(np.mean(x.astype(np.float64) ** 2)) + 1e-12
 

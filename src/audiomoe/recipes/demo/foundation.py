@@ -74,7 +74,7 @@ def ensure_foundation(directory: Path, settings: DemoSettings, train_manifest: P
         if saved.get("stamp") == stamp:
             return {**saved["result"], "reused": True, "path": str(llm_dir)}
     seed_everything(0)
-    records = read_manifest(train_manifest)
+    records = read_manifest(train_manifest, check_files=False)  # only the text is read: text-only items too
     texts = corpus_text(records, byte_chatml_tokenizer())
     tokenizer = trained_bpe_chatml_tokenizer(texts, settings.vocab_size)
     config = foundation_llm_config(settings, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)

@@ -2,9 +2,10 @@
 
 1. **Data** (the demo's, plus spoken arithmetic): the built-in corpus with ``extra_tasks`` (spoken sums and
    differences, a semantic task whose answer follows from the words), its ASR views, frozen Whisper features
-   cached once. The foundation LLM is the demo's, pretrained on the corpus text *plus a text view of every
-   semantic training item* (the transcript in quotes, then the question: the prompt ``eval --modality-gap``
-   asks), so that the text path is competent before CORD uses it as the teacher.
+   cached once. The foundation LLM is the demo's, pretrained ``foundation_steps`` steps on the corpus text *plus
+   a text view of every semantic training item and of ``text_only_per_task`` text-only items per semantic task*
+   (the transcript in quotes, then the question: the prompt ``eval --modality-gap`` asks), so that the text
+   path is competent before CORD uses it as the teacher.
 2. **Architecture arms** at matched active parameters (:mod:`.arms`): dense ``mlp``, single-layer ``moe``,
    ``moue-per-block`` and ``moue-staggered`` (MoUE-style), ``steps`` steps each, ≥ 3 seeds.
 3. **Upcycling**: ``mlp-narrow`` (the MoE's expert width) trains ``steps/2`` steps, ``audiomoe upcycle``'s
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -31,7 +33,8 @@ from typing import Any
 import torch
 
 from audiomoe.config import to_dict
-from audiomoe.data.manifest import read_manifest, write_manifest
+from audiomoe.data.corpus import corpus_tasks, plan_text_items
+from audiomoe.data.manifest import AudioRecord, read_manifest, write_manifest
 from audiomoe.evaluation.runner import text_prompt
 from audiomoe.evaluation.stats import compare
 from audiomoe.models.feature_cache import FeatureCache
@@ -60,14 +63,15 @@ TEXT_ARM = "moe-text"  # each seed's moe model after the text-path stage: where 
 START = f"start ({TEXT_ARM})"
 
 
-def write_foundation_manifest(train_manifest: Path, out: Path) -> int:
-    """The training records plus, for every semantic item with a transcript, a copy whose instruction is the
-    text prompt (what the foundation LLM learns to answer from text). Returns the number of text views."""
+def write_foundation_manifest(train_manifest: Path, out: Path, text_items: Sequence[AudioRecord] = ()) -> int:
+    """The training records plus a text view (the instruction replaced by the text prompt, what the foundation
+    LLM learns to answer from text) of every semantic item with a transcript and of every text-only item in
+    ``text_items`` (:func:`audiomoe.data.corpus.plan_text_items`). Returns the number of text views."""
     records = [
         dataclasses.replace(r, audio=str(Path(r.audio).resolve())) for r in read_manifest(train_manifest)
     ]
     views = [dataclasses.replace(r, key=f"{r.key}-text", instruction=text_prompt(r))
-             for r in records if usable_for_distillation(r) is None]  # fmt: skip
+             for r in [*records, *text_items] if usable_for_distillation(r) is None]  # fmt: skip
     write_manifest(records + views, out)
     return len(views)
 
@@ -95,8 +99,14 @@ def run_siblings(
     train_manifest, test_manifest = corpus_dir / "train.jsonl", corpus_dir / "test.jsonl"
     asr_manifest = corpus_dir / "train-asr.jsonl"
     write_asr_views(train_manifest, asr_manifest)
-    text_views = write_foundation_manifest(train_manifest, corpus_dir / "foundation.jsonl")
-    foundation = ensure_foundation(out / "foundation", demo, corpus_dir / "foundation.jsonl")
+    # The text LLM's own pretraining: text-only items of every semantic task, so that the text path is
+    # competent (CORD's teacher) as a pretrained LLM's would be; 200 train clips per task alone left arithmetic
+    # by text at chance.
+    semantic = corpus_tasks(settings.extra_tasks)["semantic"]
+    text_items = plan_text_items(demo.corpus_seed, semantic, settings.text_only_per_task)
+    text_views = write_foundation_manifest(train_manifest, corpus_dir / "foundation.jsonl", text_items)
+    foundation_settings = dataclasses.replace(demo, foundation_steps=settings.foundation_steps)
+    foundation = ensure_foundation(out / "foundation", foundation_settings, corpus_dir / "foundation.jsonl")
     overrides = demo.model_overrides(foundation["path"])
     clock.lap("corpus_and_foundation")
 
