@@ -44,7 +44,7 @@ class _LoopGroupedLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
-        sizes = [int(c) for c in counts.tolist()]
+        sizes = counts.tolist()
         out = x.new_empty(x.shape[0], weight.shape[1])
         start = 0
         for expert, size in enumerate(sizes):
@@ -64,9 +64,8 @@ class _LoopGroupedLinear(torch.autograd.Function):
         grad_x = x.new_empty(x.shape) if need_x else None
         grad_weight = weight.new_empty(weight.shape) if need_weight else None
         start = 0
-        with torch.autocast(
-            grad.device.type, enabled=False
-        ):  # a backward run inside autocast: the same GEMMs
+        # a backward run inside an autocast region must not recast: the same GEMMs as the forward's dtype
+        with torch.autocast(grad.device.type, enabled=False):
             for expert, size in enumerate(ctx.sizes):
                 rows = slice(start, start + size)
                 if grad_x is not None and size:

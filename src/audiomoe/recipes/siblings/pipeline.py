@@ -100,8 +100,8 @@ def run_siblings(
     asr_manifest = corpus_dir / "train-asr.jsonl"
     write_asr_views(train_manifest, asr_manifest)
     # The text LLM's own pretraining: text-only items of every semantic task, so that the text path is
-    # competent (CORD's teacher) as a pretrained LLM's would be; 200 train clips per task alone left arithmetic
-    # by text at chance.
+    # competent (CORD's teacher) as a pretrained LLM's would be; the clips' own text views alone (~90 per task)
+    # left arithmetic and digits by text at chance.
     semantic = corpus_tasks(settings.extra_tasks)["semantic"]
     text_items = plan_text_items(demo.corpus_seed, semantic, settings.text_only_per_task)
     text_views = write_foundation_manifest(train_manifest, corpus_dir / "foundation.jsonl", text_items)
