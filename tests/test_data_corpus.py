@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -229,3 +231,19 @@ def test_ensure_corpus_rebuilds_when_the_extra_tasks_change(tmp_path: Path, monk
     assert demo_corpus.ensure_corpus(tmp_path, 10, 0, splits)["reused"] is True
     assert demo_corpus.ensure_corpus(tmp_path, 10, 0, splits, ("arithmetic",))["reused"] is False
     assert built == [("arithmetic",)]
+
+
+def test_a_dying_worker_ends_the_build_with_a_message_not_a_hang(tmp_path: Path) -> None:
+    # A script that builds the corpus at module level runs again inside every worker (Python's rule for the
+    # forkserver / spawn start methods), and each worker dies: the build must stop and say so. mp.Pool respawned
+    # the workers and waited for the lost chunk forever.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        f"from audiomoe.data.corpus import build_corpus\nbuild_corpus({str(tmp_path / 'out')!r}, 12, workers=2)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert run.returncode != 0
+    assert "a corpus worker process died before finishing" in run.stderr
+    assert 'if __name__ == "__main__":' in run.stderr

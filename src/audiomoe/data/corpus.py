@@ -28,6 +28,8 @@ import shutil
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -476,8 +478,18 @@ def build_corpus(
     # and forking a lean process is cheap, whereas the caller may hold torch and its threads.
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
-    with ctx.Pool(workers) as pool:
-        results = list(pool.imap_unordered(_render_star, jobs, chunksize=8))
+    # An executor, not mp.Pool: a worker that dies (killed, out of memory, or a caller's script re-run by the
+    # worker on import) breaks the executor and ends the build with a message; Pool replaced the worker and
+    # waited for its lost chunk forever.
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            results = list(pool.map(_render_star, jobs, chunksize=8))
+    except BrokenProcessPool as err:
+        raise ChildProcessError(
+            f"a corpus worker process died before finishing ({err}); if it was not killed or out of memory, "
+            "the script that builds the corpus runs again in each worker: put the call under "
+            '`if __name__ == "__main__":`'
+        ) from None
     samples = {index: count for index, count, _ in results}
     cpu_ms = 1000 * sum(cpu for _, _, cpu in results) / n
     records: dict[str, list[AudioRecord]] = {s: [] for s in SPLITS}
