@@ -42,22 +42,54 @@ def _slowed(kernel: kernels.GroupedLinear, seconds: float) -> kernels.GroupedLin
     return slow
 
 
-@pytest.mark.parametrize("fast", kernels.PROBED)
-def test_auto_picks_the_kernel_it_measured_fastest(monkeypatch: pytest.MonkeyPatch, fast: str) -> None:
+@pytest.mark.parametrize(
+    "fast, backward",
+    [(k, False) for k in kernels.probed_kernels(False)] + [(k, True) for k in kernels.probed_kernels(True)],
+)
+def test_auto_picks_the_kernel_it_measured_fastest(
+    monkeypatch: pytest.MonkeyPatch, fast: str, backward: bool
+) -> None:
     kernels.reset_auto_choices()
-    for slow in kernels.PROBED:
+    candidates = kernels.probed_kernels(backward)
+    for slow in candidates:
         if slow != fast:
             monkeypatch.setitem(kernels.KERNELS, slow, _slowed(kernels.KERNELS[slow], 0.02))
     x, weight, counts = _problem(torch.float32)
-    out = kernels.get_kernel("auto")(x, weight, counts)
+    with torch.set_grad_enabled(backward):
+        out = kernels.get_kernel("auto")(x, weight, counts)
     (choice,) = kernels.auto_choices()
-    assert choice.kernel == fast and choice.backward and choice.rows == 512
+    assert choice.kernel == fast and choice.backward == backward and choice.rows == 512
     assert (
-        all(getattr(choice, f"{k}_ms") > 20 for k in kernels.PROBED if k != fast)
+        all(getattr(choice, f"{k}_ms") > 20 for k in candidates if k != fast)
         and getattr(choice, f"{fast}_ms") < 20
     )
     assert f"auto -> {fast} " in choice.describe() and "64->48" in choice.describe()
     assert torch.equal(out, kernels.loop_grouped_linear(x, weight, counts))
+    kernels.reset_auto_choices()
+
+
+def test_training_never_takes_the_padded_kernel_whose_weight_gradient_differs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # at a demo-sized class the padded kernel's weight gradient is not bit-identical (its zero rows are the
+    # weight-gradient GEMM's inner dimension), so a timing-made choice would change training: with a backward
+    # auto must not take it even where it is the fastest, and its time is not even measured
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1600, 1536, generator=gen)
+    weight = (torch.randn(8, 512, 1536, generator=gen) * 0.02).requires_grad_()
+    counts = torch.multinomial(torch.ones(8), 1600, replacement=True, generator=gen).bincount(minlength=8)
+    grads = {}
+    for name in ("loop", "grouped_mm_padded"):
+        (grads[name],) = torch.autograd.grad(kernels.get_kernel(name)(x, weight, counts).sum(), (weight,))
+    assert not torch.equal(grads["loop"], grads["grouped_mm_padded"])  # why it is excluded
+    kernels.reset_auto_choices()
+    for slow in ("loop", "grouped_mm"):
+        monkeypatch.setitem(kernels.KERNELS, slow, _slowed(kernels.KERNELS[slow], 0.02))
+    x_small, weight_small, counts_small = _problem(torch.float32)
+    kernels.get_kernel("auto")(x_small, weight_small, counts_small)
+    (choice,) = kernels.auto_choices()
+    assert choice.backward and choice.kernel in ("loop", "grouped_mm") and choice.grouped_mm_padded_ms is None
+    assert "grouped_mm_padded" not in choice.describe()
     kernels.reset_auto_choices()
 
 
