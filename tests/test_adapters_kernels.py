@@ -71,17 +71,10 @@ def test_auto_picks_the_kernel_it_measured_fastest(
 def test_training_never_takes_the_padded_kernel_whose_weight_gradient_differs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # at a demo-sized class the padded kernel's weight gradient is not bit-identical (its zero rows are the
-    # weight-gradient GEMM's inner dimension), so a timing-made choice would change training: with a backward
-    # auto must not take it even where it is the fastest, and its time is not even measured
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1600, 1536, generator=gen)
-    weight = (torch.randn(8, 512, 1536, generator=gen) * 0.02).requires_grad_()
-    counts = torch.multinomial(torch.ones(8), 1600, replacement=True, generator=gen).bincount(minlength=8)
-    grads = {}
-    for name in ("loop", "grouped_mm_padded"):
-        (grads[name],) = torch.autograd.grad(kernels.get_kernel(name)(x, weight, counts).sum(), (weight,))
-    assert not torch.equal(grads["loop"], grads["grouped_mm_padded"])  # why it is excluded
+    # at a demo-sized class the padded kernel's weight gradient need not be bit-identical (its zero rows are the
+    # weight-gradient GEMM's inner dimension; on a Zen 3 EPYC it differed by up to 3.4e-5, on an AVX-512 Xeon it
+    # did not: the GEMM library's blocking decides), so a timing-made choice could change training: with a
+    # backward auto must not take it even where it is the fastest, and its time is not even measured
     kernels.reset_auto_choices()
     for slow in ("loop", "grouped_mm"):
         monkeypatch.setitem(kernels.KERNELS, slow, _slowed(kernels.KERNELS[slow], 0.02))

@@ -286,3 +286,79 @@ def test_bad_moe_configs_raise_clear_value_errors(kw, match):
 def test_config_dataclass_is_the_registry_config():
     m = moe()
     assert isinstance(m.config, MoEAdapterConfig) and m.config.type == "moe"
+
+
+class _ReferenceGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, order, inverse, num_rows, slots):  # noqa: ANN001
+        ctx.save_for_backward(inverse)
+        ctx.num_rows, ctx.slots = num_rows, slots
+        return x[order[:num_rows] // slots]
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        (inverse,) = ctx.saved_tensors
+        full = grad.new_zeros(inverse.numel(), grad.shape[-1])
+        full[: ctx.num_rows] = grad
+        return full[inverse].view(-1, ctx.slots, grad.shape[-1]).sum(1), None, None, None, None
+
+
+def _reference_dispatch_to_experts(experts, x, routing, kernel):
+    """The dispatch and combine as they were before index_select (advanced indexing, a zero-padded gradient
+    buffer, a sum over the K slots): the faster path must give the same bits, forward and backward."""
+    e, slots = experts.num_experts, routing.indices.shape[1]
+    keys = routing.indices.reshape(-1)
+    keys = torch.where((keys >= 0) & (keys < e), keys, torch.full_like(keys, e))
+    sorted_keys, order = torch.sort(keys, stable=True)
+    counts = torch.bincount(sorted_keys, minlength=e + 1)[:e]
+    num_rows = int(counts.sum())
+    n = x.shape[0]
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel())
+    rows = _ReferenceGather.apply(x, order, inverse, num_rows, slots)
+    y = experts(rows, counts, sorted_keys[:num_rows], kernel)
+    full = torch.nn.functional.pad(y, (0, 0, 0, n * slots - y.shape[0]))
+    unsorted = full[inverse].view(n, slots, -1)
+    return torch.bmm(routing.weights.unsqueeze(1), unsorted).squeeze(1)
+
+
+@pytest.mark.parametrize(("top_k", "num_null_experts"), [(1, 0), (2, 0), (3, 0), (8, 0), (2, 3)])
+def test_dispatch_and_combine_give_the_reference_bits_forward_and_backward(top_k, num_null_experts):
+    from audiomoe.adapters.moe import dispatch_to_experts
+
+    torch.manual_seed(top_k)
+    layer = MoELayer(
+        MoEAdapterConfig(
+            input_dim=24,
+            output_dim=20,
+            num_experts=8,
+            top_k=top_k,
+            num_null_experts=num_null_experts,
+            expert_hidden_dim=12,
+            kernel="loop",
+        ),
+        24,
+        20,
+    )
+    x = torch.randn(37, 24, requires_grad=True)
+    grads, outs = [], []
+    for dispatch in (dispatch_to_experts, None):
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+        routing = layer.gate(x)
+        if dispatch is None:
+            out = _reference_dispatch_to_experts(layer.experts, x, routing, "loop")
+        else:
+            out, _ = dispatch(layer.experts, x, routing, "loop")
+        (out * torch.linspace(-1, 1, out.shape[-1])).pow(2).sum().backward()
+        outs.append(out.detach())
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in layer.parameters() if p.grad is not None])
+    if num_null_experts:  # some slots computed nothing: the padded paths ran
+        assert (layer.gate(x).indices >= 8).any()
+    assert torch.equal(outs[0], outs[1])
+    assert len(grads[0]) == len(grads[1]) > 1
+    for fast, reference in zip(grads[0], grads[1], strict=True):
+        if top_k <= 3:
+            assert torch.equal(fast, reference)
+        else:  # the old sum over 8 slots reduced in another order than slot by slot: last bits only
+            torch.testing.assert_close(fast, reference, rtol=0, atol=1e-6)

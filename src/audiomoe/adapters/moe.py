@@ -199,21 +199,28 @@ class GroupedExperts(nn.Module):
 class _DispatchRows(torch.autograd.Function):
     """rows ``(R, H)`` = x[token of each expert-sorted slot], for the first R sorted slots (the computed ones).
 
-    The backward is a gather by the inverse permutation plus a sum over each token's K slots, instead of the
-    index_add scatter autograd would use (serial and slow on CPU)."""
+    Gathers use ``index_select``, ~1.4x faster than advanced indexing on CPU for the same copy. The backward
+    gathers each of the K slots' gradients by the inverse permutation and adds them in slot order (what a sum over
+    the K axis does for small K), instead of the index_add scatter autograd would use (serial on CPU):
+    measured on a 2-core Intel Xeon (AVX-512), fp32, 1024 tokens x 2048, k = 2: 8.0 -> 2.0 ms against the earlier
+    zero-padded copy + gather + sum. Bit-identical to that for k <= 3; at larger k the old sum reduced in another
+    order (last bits, tested)."""
 
     @staticmethod
     def forward(ctx, x, order, inverse, num_rows, slots):  # noqa: ANN001
         ctx.save_for_backward(inverse)
         ctx.num_rows, ctx.slots = num_rows, slots
-        return x[order[:num_rows] // slots]
+        return torch.index_select(x, 0, order[:num_rows] // slots)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
         (inverse,) = ctx.saved_tensors
-        full = grad.new_zeros(inverse.numel(), grad.shape[-1])
-        full[: ctx.num_rows] = grad
-        grad_x = full[inverse].view(-1, ctx.slots, grad.shape[-1]).sum(1)
+        if grad.shape[0] < inverse.numel():  # slots without compute: their gradient is zero
+            grad = F.pad(grad, (0, 0, 0, inverse.numel() - grad.shape[0]))
+        slot_inverse = inverse.view(-1, ctx.slots)
+        grad_x = torch.index_select(grad, 0, slot_inverse[:, 0].contiguous())
+        for slot in range(1, ctx.slots):
+            grad_x += torch.index_select(grad, 0, slot_inverse[:, slot].contiguous())
         return grad_x, None, None, None, None
 
 
@@ -223,12 +230,12 @@ class _PermuteRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, index, inverse_index):  # noqa: ANN001
         ctx.save_for_backward(inverse_index)
-        return x[index]
+        return torch.index_select(x, 0, index)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
         (inverse_index,) = ctx.saved_tensors
-        return grad[inverse_index], None, None
+        return torch.index_select(grad.contiguous(), 0, inverse_index), None, None
 
 
 def _combine(
@@ -236,10 +243,10 @@ def _combine(
 ) -> torch.Tensor:
     """Weighted scatter back: y ``(R, M)`` expert-sorted outputs, weights ``(N, K)`` -> ``(N, M)``.
 
-    Uncomputed slots are zero rows (their weight is 0 too); un-sorting is a permutation gather and the weighted
-    sum over each token's K slots is one batched matmul."""
+    Uncomputed slots are zero rows (their weight is 0 too; padded only when there are any); un-sorting is a
+    permutation gather and the weighted sum over each token's K slots is one batched matmul."""
     n, k = weights.shape
-    full = F.pad(y, (0, 0, 0, n * k - y.shape[0]))
+    full = F.pad(y, (0, 0, 0, n * k - y.shape[0])) if y.shape[0] < n * k else y
     unsorted = _PermuteRows.apply(full, inverse, order).view(n, k, -1)
     return torch.bmm(weights.unsqueeze(1).to(unsorted.dtype), unsorted).squeeze(1)
 
@@ -320,7 +327,7 @@ class MoELayer(nn.Module):
             shared = self.shared_expert(x)
             if self.shared_expert_gate is not None:
                 shared = torch.sigmoid(self.shared_expert_gate(x)) * shared
-            out = out + shared.to(out.dtype)
+            out += shared.to(out.dtype)  # in place: the combine's fresh output, one (N, M) buffer fewer
         if self.training and c.router == "sigmoid":
             with torch.no_grad():
                 if self.load_since_update.device != counts.device:
