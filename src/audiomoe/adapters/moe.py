@@ -209,7 +209,7 @@ class _DispatchRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, order, inverse, num_rows, slots):  # noqa: ANN001
         ctx.save_for_backward(inverse)
-        ctx.num_rows, ctx.slots = num_rows, slots
+        ctx.slots = slots
         return torch.index_select(x, 0, order[:num_rows] // slots)
 
     @staticmethod
