@@ -315,15 +315,15 @@ def _reference_dispatch_to_experts(experts, x, routing, kernel):
     n = x.shape[0]
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel())
-    rows = _ReferenceGather.apply(x, order, inverse, num_rows, slots)
+    rows = _ReferenceGather.apply(experts.normalize(x), order, inverse, num_rows, slots)
     y = experts(rows, counts, sorted_keys[:num_rows], kernel)
     full = torch.nn.functional.pad(y, (0, 0, 0, n * slots - y.shape[0]))
     unsorted = full[inverse].view(n, slots, -1)
     return torch.bmm(routing.weights.unsqueeze(1), unsorted).squeeze(1)
 
 
-@pytest.mark.parametrize(("top_k", "num_null_experts"), [(1, 0), (2, 0), (3, 0), (8, 0), (2, 3)])
-def test_dispatch_and_combine_give_the_reference_bits_forward_and_backward(top_k, num_null_experts):
+def _fast_and_reference_results(top_k, num_null_experts, expert_type="swiglu", autocast=False):
+    """Outputs and gradients (x's, then every parameter's) of the layer's dispatch and of the reference."""
     from audiomoe.adapters.moe import dispatch_to_experts
 
     torch.manual_seed(top_k)
@@ -334,6 +334,7 @@ def test_dispatch_and_combine_give_the_reference_bits_forward_and_backward(top_k
             num_experts=8,
             top_k=top_k,
             num_null_experts=num_null_experts,
+            expert_type=expert_type,
             expert_hidden_dim=12,
             kernel="loop",
         ),
@@ -345,20 +346,45 @@ def test_dispatch_and_combine_give_the_reference_bits_forward_and_backward(top_k
     for dispatch in (dispatch_to_experts, None):
         x.grad = None
         layer.zero_grad(set_to_none=True)
-        routing = layer.gate(x)
-        if dispatch is None:
-            out = _reference_dispatch_to_experts(layer.experts, x, routing, "loop")
-        else:
-            out, _ = dispatch(layer.experts, x, routing, "loop")
-        (out * torch.linspace(-1, 1, out.shape[-1])).pow(2).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            routing = layer.gate(x)
+            if dispatch is None:
+                out = _reference_dispatch_to_experts(layer.experts, x, routing, "loop")
+            else:
+                out, _ = dispatch(layer.experts, x, routing, "loop")
+        (out.float() * torch.linspace(-1, 1, out.shape[-1])).pow(2).sum().backward()
         outs.append(out.detach())
         grads.append([x.grad.clone()] + [p.grad.clone() for p in layer.parameters() if p.grad is not None])
     if num_null_experts:  # some slots computed nothing: the padded paths ran
         assert (layer.gate(x).indices >= 8).any()
-    assert torch.equal(outs[0], outs[1])
     assert len(grads[0]) == len(grads[1]) > 1
+    return outs, grads
+
+
+@pytest.mark.parametrize(("top_k", "num_null_experts"), [(1, 0), (2, 0), (3, 0), (8, 0), (2, 3)])
+def test_dispatch_and_combine_give_the_reference_bits_forward_and_backward(top_k, num_null_experts):
+    outs, grads = _fast_and_reference_results(top_k, num_null_experts)
+    assert torch.equal(outs[0], outs[1])
     for fast, reference in zip(grads[0], grads[1], strict=True):
         if top_k <= 3:
             assert torch.equal(fast, reference)
         else:  # the old sum over 8 slots reduced in another order than slot by slot: last bits only
             torch.testing.assert_close(fast, reference, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("expert_type", ["swiglu", "ffn"])
+@pytest.mark.parametrize("num_null_experts", [0, 3])
+def test_dispatch_and_combine_under_bf16_autocast_give_the_reference_bits(
+    expert_type, num_null_experts, monkeypatch
+):
+    """Under autocast the experts and the combine's bmm run in bf16 (the ffn expert's fp32 bias makes y fp32
+    first): the hand-written dispatch gradients must equal autograd's over the reference, bit for bit."""
+    from audiomoe.adapters import kernels
+
+    monkeypatch.setattr(kernels, "_FUSED_FAILED", True)  # eager SwiGLU: no compile in a unit test
+    outs, grads = _fast_and_reference_results(2, num_null_experts, expert_type, autocast=True)
+    assert outs[0].dtype == outs[1].dtype == torch.bfloat16
+    assert torch.equal(outs[0], outs[1])
+    for fast, reference in zip(grads[0], grads[1], strict=True):
+        assert fast.dtype == reference.dtype
+        assert torch.equal(fast, reference)
