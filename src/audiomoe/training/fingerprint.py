@@ -32,8 +32,9 @@ NEVER_CHANGEABLE = ("model",)
 # optimizer step) stays the same: every step then takes the same batches (see Trainer.load_checkpoint).
 RESHARD_KEYS = ("world_size", "grad_accum")
 STEP_KEY = "micro_batches_per_step"
-# Keys added after checkpoints were first written: absent from an older one means the default then in force.
-ADDED_LATER = {"tokens_per_step": 0}
+# Keys added after checkpoints were first written: absent from an older one means the default then in force
+# (for optim.implementation the for-loop AdamW ran then; auto's fused kernel continues it equal within rounding).
+ADDED_LATER = {"tokens_per_step": 0, "optim.implementation": "auto"}
 
 
 class ResumeMismatch(ConfigError):

@@ -315,6 +315,7 @@ def train(config: TrainConfig, resume: bool = False, allow_changes: list[str] | 
             # what train_seconds was measured with ("auto" resolved on this machine)
             "precision": trainer.precision,
             "threads": torch.get_num_threads(),
+            "optimizer": f"AdamW ({trainer.optimizer.audiomoe_implementation})",
             "params": model.param_summary(),
             "feature_cache": str(cache.dir) if cache is not None else None,
             "train_items": len(train_records) if sampler is not None else None,  # streamed: not listed

@@ -75,8 +75,27 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+FUSED_ADAMW_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def optimizer_implementation(params: list[torch.Tensor], requested: str) -> str:
+    """The AdamW implementation ``optim.implementation`` resolves to for these parameters. ``auto`` takes the
+    fused kernel when every parameter is a plain (not sharded DTensor) CPU or CUDA tensor of a float dtype, else
+    ``default`` (torch's own choice: foreach on CUDA, the for-loop on CPU)."""
+    if requested != "auto":
+        return requested
+    plain = all(
+        type(p) in (torch.Tensor, nn.Parameter)
+        and p.device.type in ("cpu", "cuda")
+        and p.dtype in FUSED_ADAMW_DTYPES
+        for p in params
+    )
+    return "fused" if plain else "default"
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; weight decay on matrices only (not on biases, norms, gates' 1-d params)."""
+    """AdamW over trainable parameters; weight decay on matrices only (not on biases, norms, gates' 1-d params).
+    The implementation chosen is on the optimizer as ``audiomoe_implementation``."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -87,9 +106,23 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
         {"params": decay, "weight_decay": config.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
-        groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps
-    )
+    implementation = optimizer_implementation(decay + no_decay, config.optim.implementation)
+    flags = {
+        "fused": {"fused": True},
+        "foreach": {"foreach": True},
+        "for_loop": {"foreach": False},
+        "default": {},
+    }[implementation]
+    try:
+        optimizer = torch.optim.AdamW(
+            groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps, **flags
+        )
+    except RuntimeError as err:  # e.g. fused asked for on a device or dtype torch has no fused kernel for
+        raise ConfigError(
+            f"optim.implementation={implementation}: {str(err).splitlines()[0]}; use optim.implementation=auto"
+        ) from None
+    optimizer.audiomoe_implementation = implementation  # type: ignore[attr-defined]
+    return optimizer
 
 
 def items_in(batch: Any) -> int:
