@@ -191,3 +191,16 @@ def test_optimizer_auto_takes_fused_adamw_and_follows_the_for_loop(tmp_path: Pat
     torch.testing.assert_close(weights["auto"], weights["for_loop"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="optim.implementation"):
         load_train_config(None, ["optim.implementation=apex"])
+
+
+def test_a_checkpoint_from_before_optim_implementation_resumes_under_auto() -> None:
+    """An older fingerprint has no optim.implementation: auto (the default) resumes it, a forced one is a change."""
+    from audiomoe.training.fingerprint import ResumeMismatch, check_resume, config_fingerprint
+
+    current = config_fingerprint(load_train_config(None, []))
+    older = {k: v for k, v in current.items() if k != "optim.implementation"}
+    assert current["optim.implementation"] == "auto"
+    assert check_resume(older, current, [], "step_4") == {}
+    forced = config_fingerprint(load_train_config(None, ["optim.implementation=for_loop"]))
+    with pytest.raises(ResumeMismatch, match="optim.implementation"):
+        check_resume(older, forced, [], "step_4")

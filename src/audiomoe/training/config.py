@@ -73,7 +73,7 @@ class OptimSection:
     weight_decay: float = 0.01
     clip_norm: float = 1.0  # 0 disables clipping
     # auto: torch's fused AdamW (one pass over each parameter) where it runs (plain CPU / CUDA tensors; 5x faster
-    # on CPU than the for-loop default, equal to it within ~1 float32 ulp per step), else torch's default choice
+    # on CPU than the for-loop default, equal to it within float32 rounding), else torch's default choice
     implementation: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
 
     def __post_init__(self) -> None:
