@@ -38,6 +38,10 @@ def test_step_breakdown_and_curves(tmp_path: Path) -> None:
     assert ab["over_for_loop"]["for_loop"] == 1.0 and ab["auto"] == "fused"
     assert ab["params"] == sum(p.numel() for p in _tiny_model().parameters() if p.requires_grad)
     assert "AdamW step over" in format_report(result)
+    loss = result["loss_ab"]  # supervised-positions logits against all positions, both timed
+    assert set(loss["llm_forward_backward_s"]) == {"supervised", "all_positions"}
+    assert all(v > 0 for v in loss["llm_forward_backward_s"].values()) and loss["supervised_over_all"] > 0
+    assert "supervised positions only" in format_report(result)
     paths = write_plots(result, tmp_path / "out")
     assert sorted(p.name for p in paths) == [
         "step_vs_batch_size.png", "step_vs_clip_seconds.png", "step_vs_num_experts.png", "step_vs_top_k.png",

@@ -163,7 +163,7 @@ def test_native_model_equals_audiomoe_for_every_adapter(adapter: str) -> None:
     native = to_native(model)
     batch = model.processor(PROMPTS, [[clip] for clip in _clips()], answers=["a dog", "rain"])
     with torch.no_grad():
-        ours, theirs = native(**batch), model(**batch)
+        ours, theirs = native(**batch), model(**batch, supervised_logits_only=False)  # all (B, L, V) logits
     torch.testing.assert_close(ours.logits, theirs.logits, rtol=0, atol=0)
     torch.testing.assert_close(
         ours.loss, theirs.loss, rtol=0, atol=0

@@ -41,7 +41,8 @@ def test_forward_backward_every_adapter(adapter: str) -> None:
     batch = model.processor(PROMPTS, _clips(), answers=ANSWERS)
     model.train()
     out = model(**batch)
-    assert out.logits.shape == (*batch["input_ids"].shape, model.llm.config.vocab_size)
+    supervised = int((batch["labels"][:, 1:] != -100).sum())  # logits only where the next token has a label
+    assert out.logits.shape == (supervised, model.llm.config.vocab_size)
     assert torch.isfinite(out.loss)
     torch.testing.assert_close(out.loss, out.lm_loss + 0.5 * out.aux_loss)
     # A random LM is close to uniform over the 259-token vocabulary.
@@ -57,6 +58,41 @@ def test_forward_backward_every_adapter(adapter: str) -> None:
         == int(n_tokens)
         == int((batch["input_ids"] == model.audio_token_id).sum())
     )
+
+
+def test_the_loss_from_supervised_logits_only_is_the_full_logits_loss(batch, monkeypatch) -> None:
+    """With labels the LLM projects only the positions whose next token is supervised; loss, gradients and
+    those logits equal the all-positions computation's (transformers' own loss over (B, L, V) logits)."""
+    from transformers import Qwen2ForCausalLM, WhisperForCausalLM
+
+    from audiomoe.models import lalm
+
+    model = _model("moe")
+    model.eval()  # no dropout: both passes see the same network
+    results = {}
+    for only in (True, False):
+        model.zero_grad()
+        out = model(**batch, supervised_logits_only=only)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results[only] = (out, grads)
+    (fast, fast_grads), (full, full_grads) = results[True], results[False]
+    next_supervised = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[:, 1:] != -100
+    assert full.logits.shape == (*batch["input_ids"].shape, model.llm.config.vocab_size)
+    assert fast.logits.shape == (int(next_supervised.sum()), model.llm.config.vocab_size)
+    assert 0 < fast.logits.shape[0] < batch["input_ids"].numel() // 2  # most positions are audio and prompt
+    torch.testing.assert_close(fast.logits, full.logits[next_supervised], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fast.lm_loss, full.lm_loss, rtol=1e-6, atol=0)
+    assert len(fast_grads) == len(full_grads) > 0
+    for a, b in zip(fast_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    # an LLM whose forward has no logits_to_keep (transformers' WhisperForCausalLM) takes the full path
+    assert lalm._keeps_logits_by_mask(Qwen2ForCausalLM) and not lalm._keeps_logits_by_mask(WhisperForCausalLM)
+    monkeypatch.setattr(lalm, "_keeps_logits_by_mask", lambda cls: False)
+    with torch.no_grad():
+        fallback = model(**batch)
+    assert fallback.logits.shape == full.logits.shape
+    torch.testing.assert_close(fallback.loss, full.loss, rtol=0, atol=0)
 
 
 def test_placeholder_count_mismatch_is_a_clear_error(model, batch) -> None:

@@ -8,6 +8,9 @@ replace it by a read), ``adapter`` (adapter
 ``optimizer`` (AdamW step + zero_grad, built as training builds it: ``optim.implementation=auto``). Shares are
 each phase's median over the sum of medians.
 
+Loss A/B: LLM forward + backward with the logits at the supervised positions only (what training does) against
+all ``(B, L, V)`` logits (transformers' default), interleaved, medians over rounds.
+
 Optimizer A/B: the AdamW step over the breakdown model's trainable parameters under each implementation (torch's
 for-loop, foreach and fused kernels), interleaved round-robin with the same gradients, medians, and each one's time
 over the for-loop's.
@@ -45,8 +48,15 @@ def _model(preset: str, adapter: dict[str, Any]) -> AudioLanguageModel:
     return AudioLanguageModel(build_preset(preset, "moe", adapter=adapter)).float()
 
 
-def time_step(model: AudioLanguageModel, batch_size: int, seconds: float, steps: int) -> dict[str, float]:
-    """Median seconds per phase over ``steps`` training steps (after one warm-up step)."""
+def time_step(
+    model: AudioLanguageModel,
+    batch_size: int,
+    seconds: float,
+    steps: int,
+    supervised_logits_only: bool = True,
+) -> dict[str, float]:
+    """Median seconds per phase over ``steps`` training steps (after one warm-up step), the LLM's loss computed
+    as training computes it (``supervised_logits_only``: logits at the supervised positions only)."""
     device = next(model.parameters()).device
     sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     optimizer = _optimizer(model)
@@ -71,9 +81,11 @@ def time_step(model: AudioLanguageModel, batch_size: int, seconds: float, steps:
         mark()
         embeds, _ = model._input_embeds(batch["input_ids"], None, None, hidden, mask)
         mark()
-        out = model.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
+        _, loss = model.language_model_loss(
+            embeds, batch["attention_mask"], batch["labels"], supervised_logits_only
+        )
         mark()
-        out.loss.backward()
+        loss.backward()
         mark()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -116,6 +128,23 @@ def time_optimizers(model: torch.nn.Module, rounds: int = 7) -> dict[str, Any]:
     }
 
 
+def time_loss_paths(
+    model: AudioLanguageModel, batch_size: int, seconds: float, steps: int, rounds: int = 2
+) -> dict[str, Any]:
+    """LLM forward + backward seconds (medians over ``rounds`` interleaved rounds of ``steps`` steps) with the
+    logits at the supervised positions only and at all positions, and their ratio."""
+    samples: dict[str, list[float]] = {"supervised": [], "all_positions": []}
+    for _ in range(rounds):
+        for name in samples:
+            phases = time_step(model, batch_size, seconds, steps, supervised_logits_only=name == "supervised")
+            samples[name].append(phases["llm_forward"] + phases["backward"])
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return {
+        "llm_forward_backward_s": medians,
+        "supervised_over_all": medians["supervised"] / medians["all_positions"],
+    }
+
+
 def run_benchmark(
     preset: str = "tiny",
     steps: int = 5,
@@ -130,6 +159,7 @@ def run_benchmark(
     model = _model(preset, {})
     phases = time_step(model, batch_size, seconds, steps)
     optimizers = time_optimizers(model)
+    loss_paths = time_loss_paths(model, batch_size, seconds, steps)
     total = sum(phases.values())
     curves: dict[str, list[list[float]]] = {
         "clip_seconds": [],
@@ -166,6 +196,7 @@ def run_benchmark(
         "step_s": total,
         "curves": curves,
         "optimizer_ab": optimizers,
+        "loss_ab": loss_paths,
     }
 
 
@@ -202,6 +233,13 @@ def format_report(result: dict[str, Any]) -> str:
     for name in PHASES:
         lines.append(f"  {name:12s} {result['phases_s'][name] * 1000:8.1f} ms  {result['shares'][name]:6.1%}")
     lines.append(f"  adapter share of the step: {result['shares']['adapter']:.1%}")
+    loss = result.get("loss_ab")
+    if loss:
+        times = loss["llm_forward_backward_s"]
+        lines.append(
+            f"  LLM forward + backward, logits at the supervised positions only {times['supervised'] * 1000:.1f} "
+            f"ms vs at all positions {times['all_positions'] * 1000:.1f} ms (x{loss['supervised_over_all']:.2f})"
+        )
     ab = result.get("optimizer_ab")
     if ab:
         arms = ", ".join(

@@ -9,6 +9,10 @@ Data flow for a batch (``N`` clips flattened over the batch in the order of thei
     input_ids (B, L) -> LLM(inputs_embeds (B, L, D)) -> logits (B, L, V); loss = LM loss on labels != -100
                                                        + aux_loss_weight * adapter aux loss
 
+With labels, the LLM projects to the vocabulary only the S positions whose next token is supervised (its
+``logits_to_keep`` as a boolean mask), so ``logits`` are ``(S, V)`` there: the audio and prompt positions, most
+of an LALM batch, never meet the LM head, nor the cross-entropy's ``(B, L, V)`` float32 logits.
+
 The processor (:mod:`audiomoe.models.processor`) makes batches whose placeholder count per clip equals
 :meth:`AudioLanguageModel.audio_token_lengths`, so the overwrite is a single ``masked_scatter``.
 
@@ -22,12 +26,15 @@ that path. Loading never unpickles.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PretrainedConfig
@@ -86,10 +93,19 @@ class LALMConfig:
             raise ConfigError("adapter: needs a type (e.g. linear, mlp, conv, qformer, moe)")
 
 
+@functools.cache
+def _keeps_logits_by_mask(llm_class: type) -> bool:
+    """Whether this transformers causal LM's forward takes ``logits_to_keep`` (v5: an int, positions, or a
+    boolean ``(B, L)`` mask that flattens the logits to ``(S, V)``)."""
+    return "logits_to_keep" in inspect.signature(llm_class.forward).parameters
+
+
 @dataclass
 class LALMOutput:
-    """``loss`` = ``lm_loss`` + aux_loss_weight * ``aux_loss`` (None without labels); ``logits`` ``(B, L, V)``;
-    ``adapter_output`` holds the routing tensors for analysis (None for a text-only batch)."""
+    """``loss`` = ``lm_loss`` + aux_loss_weight * ``aux_loss`` (None without labels); ``logits`` ``(B, L, V)``, or
+    ``(S, V)`` at the S supervised positions when the loss came from them (``forward(labels=...)``, see
+    :meth:`AudioLanguageModel.forward`); ``adapter_output`` holds the routing tensors for analysis (None for a
+    text-only batch)."""
 
     loss: torch.Tensor | None
     lm_loss: torch.Tensor | None
@@ -190,24 +206,43 @@ class AudioLanguageModel(nn.Module):
         audio_lengths: torch.Tensor | None = None,
         encoder_hidden: torch.Tensor | None = None,
         encoder_mask: torch.Tensor | None = None,
+        supervised_logits_only: bool = True,
     ) -> LALMOutput:
         """Shapes in the module docstring. Give either ``audio_features`` + ``audio_lengths`` or precomputed
-        ``encoder_hidden`` + ``encoder_mask`` (the same result, without running the encoder)."""
+        ``encoder_hidden`` + ``encoder_mask`` (the same result, without running the encoder). With ``labels`` the
+        logits are ``(S, V)`` at the supervised positions only, where the LLM takes a boolean ``logits_to_keep``
+        (transformers v5 causal LMs); ``supervised_logits_only=False`` (or an LLM without it) keeps all ``(B, L, V)``.
+        """
         embeds, adapter_out = self._input_embeds(
             input_ids, audio_features, audio_lengths, encoder_hidden, encoder_mask
         )
-        out = self.llm(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=_position_ids(attention_mask),
-            labels=labels,
-            use_cache=False,
-        )
+        out, lm_loss = self.language_model_loss(embeds, attention_mask, labels, supervised_logits_only)
         aux = adapter_out.aux_loss if adapter_out is not None else embeds.new_zeros((), dtype=torch.float32)
-        loss = None if out.loss is None else out.loss + self.config.aux_loss_weight * aux
+        loss = None if lm_loss is None else lm_loss + self.config.aux_loss_weight * aux
         return LALMOutput(
-            loss=loss, lm_loss=out.loss, aux_loss=aux, logits=out.logits, adapter_output=adapter_out
+            loss=loss, lm_loss=lm_loss, aux_loss=aux, logits=out.logits, adapter_output=adapter_out
         )
+
+    def language_model_loss(
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None,
+        supervised_logits_only: bool = True,
+    ) -> tuple[Any, torch.Tensor | None]:
+        """The LLM over input embeddings ``(B, L, D)``: its output (logits ``(S, V)`` or ``(B, L, V)``, see
+        :meth:`forward`) and the LM loss (None without labels)."""
+        common = {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": False}
+        common["position_ids"] = _position_ids(attention_mask)
+        if labels is not None and supervised_logits_only and _keeps_logits_by_mask(type(self.llm)):
+            # transformers' causal-LM loss, on the supervised positions only: logits at position t predict
+            # labels[t + 1]; the mean over the same targets as ignore_index=-100 over all positions
+            next_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]
+            supervised = next_labels != -100
+            out = self.llm(**common, logits_to_keep=supervised)
+            return out, F.cross_entropy(out.logits.float(), next_labels[supervised].to(out.logits.device))
+        out = self.llm(**common, labels=labels)
+        return out, out.loss
 
     def _input_embeds(
         self,
