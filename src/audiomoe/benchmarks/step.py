@@ -34,7 +34,7 @@ from audiomoe.benchmarks.activation_memory import synthetic_batch
 from audiomoe.models.lalm import AudioLanguageModel
 from audiomoe.models.presets import build_preset
 from audiomoe.training.config import OptimSection, TrainConfig
-from audiomoe.training.trainer import build_optimizer
+from audiomoe.training.trainer import build_optimizer, optimizer_implementation
 
 PHASES = ("data", "encoder", "adapter", "llm_forward", "backward", "optimizer")
 OPTIMIZER_IMPLEMENTATIONS = ("for_loop", "foreach", "fused")
@@ -124,7 +124,7 @@ def time_optimizers(model: torch.nn.Module, rounds: int = 7) -> dict[str, Any]:
         "tensors": len(params),
         "median_s": medians,
         "over_for_loop": {name: medians[name] / medians["for_loop"] for name in medians},
-        "auto": _optimizer(model).audiomoe_implementation,  # type: ignore[attr-defined]
+        "auto": optimizer_implementation(params, "auto"),
     }
 
 

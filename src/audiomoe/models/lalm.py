@@ -232,8 +232,12 @@ class AudioLanguageModel(nn.Module):
     ) -> tuple[Any, torch.Tensor | None]:
         """The LLM over input embeddings ``(B, L, D)``: its output (logits ``(S, V)`` or ``(B, L, V)``, see
         :meth:`forward`) and the LM loss (None without labels)."""
-        common = {"inputs_embeds": embeds, "attention_mask": attention_mask, "use_cache": False}
-        common["position_ids"] = _position_ids(attention_mask)
+        common = {
+            "inputs_embeds": embeds,
+            "attention_mask": attention_mask,
+            "position_ids": _position_ids(attention_mask),
+            "use_cache": False,
+        }
         if labels is not None and supervised_logits_only and _keeps_logits_by_mask(type(self.llm)):
             # transformers' causal-LM loss, on the supervised positions only: logits at position t predict
             # labels[t + 1]; the mean over the same targets as ignore_index=-100 over all positions

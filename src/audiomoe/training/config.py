@@ -77,10 +77,6 @@ class OptimSection:
     implementation: Literal["auto", "fused", "foreach", "for_loop"] = "auto"
 
     def __post_init__(self) -> None:
-        if self.implementation not in ("auto", "fused", "foreach", "for_loop"):
-            raise ConfigError(
-                f"optim.implementation must be auto, fused, foreach or for_loop, got {self.implementation!r}"
-            )
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
