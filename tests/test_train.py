@@ -14,7 +14,7 @@ from audiomoe.config import ConfigError
 from audiomoe.training import checkpoint as ckpt
 from audiomoe.training.config import TrainConfig, load_train_config
 from audiomoe.training.stream import BatchStream
-from audiomoe.training.trainer import Trainer, seed_everything, warmup_cosine
+from audiomoe.training.trainer import Trainer, build_optimizer, seed_everything, warmup_cosine
 
 
 @dataclass
@@ -191,6 +191,12 @@ def test_optimizer_auto_takes_fused_adamw_and_follows_the_for_loop(tmp_path: Pat
     torch.testing.assert_close(weights["auto"], weights["for_loop"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="optim.implementation"):
         load_train_config(None, ["optim.implementation=apex"])
+    # fused forced where torch has no fused kernel: one line at build time, not a traceback at the first step
+    with pytest.raises(ConfigError, match="optim.implementation=fused needs"):
+        build_optimizer(
+            nn.Linear(2, 2, device="meta"),
+            make_config(tmp_path / "meta", **{"optim.implementation": "fused"}),
+        )
 
 
 def test_a_checkpoint_from_before_optim_implementation_resumes_under_auto() -> None:

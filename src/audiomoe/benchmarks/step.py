@@ -44,6 +44,11 @@ def _optimizer(model: torch.nn.Module, implementation: str = "auto") -> torch.op
     return build_optimizer(model, TrainConfig(optim=OptimSection(lr=1e-4, implementation=implementation)))
 
 
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    """What to call before reading the clock: CUDA work is asynchronous."""
+    return torch.cuda.synchronize if device.type == "cuda" else lambda: None
+
+
 def _model(preset: str, adapter: dict[str, Any]) -> AudioLanguageModel:
     return AudioLanguageModel(build_preset(preset, "moe", adapter=adapter)).float()
 
@@ -58,7 +63,7 @@ def time_step(
     """Median seconds per phase over ``steps`` training steps (after one warm-up step), the LLM's loss computed
     as training computes it (``supervised_logits_only``: logits at the supervised positions only)."""
     device = next(model.parameters()).device
-    sync: Callable[[], None] = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync = _synchronizer(device)
     optimizer = _optimizer(model)
     model.train()
     samples: dict[str, list[float]] = {name: [] for name in PHASES}
@@ -106,7 +111,7 @@ def time_optimizers(model: torch.nn.Module, rounds: int = 7) -> dict[str, Any]:
     for name in OPTIMIZER_IMPLEMENTATIONS:
         copy = torch.nn.ParameterList([torch.nn.Parameter(p.detach().clone()) for p in params])
         arms[name] = (list(copy), _optimizer(copy, name))
-    sync: Callable[[], None] = torch.cuda.synchronize if params[0].device.type == "cuda" else lambda: None
+    sync = _synchronizer(params[0].device)
     samples: dict[str, list[float]] = {name: [] for name in arms}
     for round_ in range(rounds + 1):
         for name, (copy, optimizer) in arms.items():

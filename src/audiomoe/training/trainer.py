@@ -107,20 +107,21 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     implementation = optimizer_implementation(decay + no_decay, config.optim.implementation)
+    if implementation == "fused" and optimizer_implementation(decay + no_decay, "auto") != "fused":
+        # torch only checks this at the first step, with a traceback
+        raise ConfigError(
+            "optim.implementation=fused needs every trainable parameter to be a plain CPU or CUDA float tensor "
+            "(not a sharded DTensor); use optim.implementation=auto"
+        )
     flags = {
         "fused": {"fused": True},
         "foreach": {"foreach": True},
         "for_loop": {"foreach": False},
         "default": {},
     }[implementation]
-    try:
-        optimizer = torch.optim.AdamW(
-            groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps, **flags
-        )
-    except RuntimeError as err:  # e.g. fused asked for on a device or dtype torch has no fused kernel for
-        raise ConfigError(
-            f"optim.implementation={implementation}: {str(err).splitlines()[0]}; use optim.implementation=auto"
-        ) from None
+    optimizer = torch.optim.AdamW(
+        groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps, **flags
+    )
     optimizer.audiomoe_implementation = implementation  # type: ignore[attr-defined]
     return optimizer
 
