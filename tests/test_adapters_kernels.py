@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -108,6 +109,29 @@ def test_auto_takes_the_loop_where_grouped_mm_cannot_run() -> None:
     out = kernels.get_kernel("auto")(x, weight, torch.tensor([4, 6]))
     assert torch.equal(out, kernels.loop_grouped_linear(x, weight, torch.tensor([4, 6])))
     assert kernels.auto_choices() == []  # nothing to choose, nothing probed
+
+
+@pytest.mark.parametrize("kernel", ["auto", "grouped_mm"])
+def test_an_fp32_moe_layer_trains_under_torch_compile(kernel: str) -> None:
+    """grouped_mm's fake-tensor kernel accepts bf16 only, so a compiled fp32 MoE (``train.compile``) failed with
+    a TorchRuntimeError; it now takes the loop there. ``aot_eager`` traces with fake tensors as inductor does,
+    without inductor's C++ build."""
+    from audiomoe.adapters.moe import MoEAdapterConfig, MoELayer
+
+    torch.manual_seed(0)
+    config = MoEAdapterConfig(input_dim=32, output_dim=32, num_experts=4, top_k=2, expert_hidden_dim=16)
+    layer = MoELayer(dataclasses.replace(config, kernel=kernel), 32, 32)
+    x = torch.randn(64, 32)
+    grads = []
+    for module in (torch.compile(layer, backend="aot_eager"), layer):
+        layer.zero_grad(set_to_none=True)
+        out = module(x).out
+        out.pow(2).sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in layer.parameters()]))
+    (compiled_out, compiled_grads), (eager_out, eager_grads) = grads
+    torch.testing.assert_close(compiled_out, eager_out)
+    for compiled, eager in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(compiled, eager)
 
 
 def test_fused_silu_mul_matches_eager_within_bf16_rounding() -> None:

@@ -137,8 +137,14 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def grouped_mm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """grouped_mm needs a kernel for the device, 16-byte aligned rows, and on CUDA an SM80+ GPU."""
+    """grouped_mm needs a kernel for the device, 16-byte aligned rows, on CUDA an SM80+ GPU, and under
+    torch.compile bf16."""
     if _GROUPED_MM is None or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    # torch.compile traces grouped_mm through its fake-tensor kernel, which accepts bf16 only (torch 2.13,
+    # ``_meta_grouped_mm_common``): an fp32 or fp16 MoE under torch.compile (``train.compile``) failed with a
+    # TorchRuntimeError; there the loop runs (one graph break at the counts)
+    if x.dtype != torch.bfloat16 and torch.compiler.is_compiling():
         return False
     if x.device.type == "cuda" and torch.cuda.get_device_capability(x.device) < (8, 0):
         return False
@@ -286,7 +292,7 @@ def _probe(x: torch.Tensor, weight: torch.Tensor, rows: int, backward: bool) -> 
 
 def auto_grouped_linear(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """The kernel measured fastest for this call's shape class (probed on its first call, then cached); the loop
-    where grouped_mm does not apply, grouped_mm while being compiled (no timing inside a trace)."""
+    where grouped_mm does not apply, grouped_mm while being compiled in bf16 (no timing inside a trace)."""
     xe, we = _effective(x, weight)
     if not grouped_mm_supported(xe, we):
         return loop_grouped_linear(x, weight, counts)

@@ -234,8 +234,8 @@ def bench_shape(
     compile_error = ""
     if (
         compiled
-    ):  # compile outside the timed rounds; where it breaks (e.g. CPU fp32 grouped_mm has no fake-tensor
-        # kernel: "Expected inputs of BF16 type") the compiled arms are dropped and the reason reported
+    ):  # compile outside the timed rounds; where it breaks (no C++ compiler, an unsupported build) the
+        # compiled arms are dropped and the reason reported
         try:
             for name in ("moe-compiled", "dense-compiled"):
                 forward_backward(name, arms[name])
