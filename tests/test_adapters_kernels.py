@@ -156,13 +156,36 @@ def test_fp32_silu_mul_is_eager_bit_for_bit() -> None:
     assert torch.equal(kernels.silu_mul(gate, up), torch.nn.functional.silu(gate) * up)
 
 
+def test_fused_scaled_silu_mul_matches_eager_within_bf16_rounding() -> None:
+    """The routing weights folded into the experts' SwiGLU: ``silu(gate) * up * scale`` per row, gradients to
+    all three (the router learns through ``scale``)."""
+    gen = torch.Generator().manual_seed(1)
+    gate32, up32 = (torch.randn(37, 24, generator=gen) * 3 for _ in range(2))
+    scale32 = torch.rand(37, generator=gen)
+    gate, up = (t.to(torch.bfloat16).requires_grad_() for t in (gate32, up32))
+    scale = scale32.clone().requires_grad_()
+    out = kernels.silu_mul(gate, up, scale)
+    weights = torch.linspace(-1, 1, 24)
+    (out.float() * weights).sum().backward()
+    assert out.dtype == torch.bfloat16 and not kernels._FUSED_FAILED and True in kernels._FUSED
+    g32, u32 = gate.detach().float().requires_grad_(), up.detach().float().requires_grad_()
+    s32 = scale32.bfloat16().float().requires_grad_()
+    reference = torch.nn.functional.silu(g32) * u32 * s32.unsqueeze(-1)
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(out.float(), reference.detach(), rtol=1e-2, atol=1e-2)
+    for fused, exact in ((gate, g32), (up, u32), (scale, s32)):
+        torch.testing.assert_close(fused.grad.float(), exact.grad, rtol=2e-2, atol=2e-2)
+    fp32 = kernels.silu_mul(gate32, up32, scale32)  # fp32: eager, bit for bit
+    assert torch.equal(fp32, torch.nn.functional.silu(gate32) * up32 * scale32.unsqueeze(-1))
+
+
 def test_a_fused_kernel_that_cannot_compile_falls_back_to_eager(
     monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
-    def broken(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    def broken(*tensors: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("no C++ compiler found")
 
-    monkeypatch.setattr(kernels, "_FUSED_SILU_MUL", broken)
+    monkeypatch.setitem(kernels._FUSED, False, broken)
     monkeypatch.setattr(kernels, "_FUSED_FAILED", False)
     gate, up = torch.randn(4, 6).bfloat16(), torch.randn(4, 6).bfloat16()
     with caplog.at_level("WARNING", logger="audiomoe.adapters.kernels"):

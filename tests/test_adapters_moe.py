@@ -303,9 +303,11 @@ class _ReferenceGather(torch.autograd.Function):
         return full[inverse].view(-1, ctx.slots, grad.shape[-1]).sum(1), None, None, None, None
 
 
-def _reference_dispatch_to_experts(experts, x, routing, kernel):
+def _reference_dispatch_to_experts(experts, x, routing, kernel, fold=False):
     """The dispatch and combine as they were before index_select (advanced indexing, a zero-padded gradient
-    buffer, a sum over the K slots): the faster path must give the same bits, forward and backward."""
+    buffer, a sum over the K slots): the faster path must give the same bits, forward and backward. ``fold``:
+    the bf16 path's maths (weights folded into the experts, an unweighted sum over the slots) by plain
+    autograd."""
     e, slots = experts.num_experts, routing.indices.shape[1]
     keys = routing.indices.reshape(-1)
     keys = torch.where((keys >= 0) & (keys < e), keys, torch.full_like(keys, e))
@@ -316,14 +318,18 @@ def _reference_dispatch_to_experts(experts, x, routing, kernel):
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel())
     rows = _ReferenceGather.apply(experts.normalize(x), order, inverse, num_rows, slots)
-    y = experts(rows, counts, sorted_keys[:num_rows], kernel)
+    row_weights = routing.weights.reshape(-1)[order[:num_rows]] if fold else None
+    y = experts(rows, counts, sorted_keys[:num_rows], kernel, row_weights)
     full = torch.nn.functional.pad(y, (0, 0, 0, n * slots - y.shape[0]))
     unsorted = full[inverse].view(n, slots, -1)
+    if fold:
+        return unsorted.sum(1)
     return torch.bmm(routing.weights.unsqueeze(1), unsorted).squeeze(1)
 
 
-def _fast_and_reference_results(top_k, num_null_experts, expert_type="swiglu", autocast=False):
-    """Outputs and gradients (x's, then every parameter's) of the layer's dispatch and of the reference."""
+def _fast_and_reference_results(top_k, num_null_experts, expert_type="swiglu", autocast=False, fold=None):
+    """Outputs and gradients (x's, then every parameter's) of the layer's dispatch and of the reference
+    (``fold``: the reference's combine; default: the one the layer's dtype takes, folded under autocast)."""
     from audiomoe.adapters.moe import dispatch_to_experts
 
     torch.manual_seed(top_k)
@@ -349,7 +355,9 @@ def _fast_and_reference_results(top_k, num_null_experts, expert_type="swiglu", a
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             routing = layer.gate(x)
             if dispatch is None:
-                out = _reference_dispatch_to_experts(layer.experts, x, routing, "loop")
+                out = _reference_dispatch_to_experts(
+                    layer.experts, x, routing, "loop", autocast if fold is None else fold
+                )
             else:
                 out, _ = dispatch(layer.experts, x, routing, "loop")
         (out.float() * torch.linspace(-1, 1, out.shape[-1])).pow(2).sum().backward()
@@ -377,14 +385,30 @@ def test_dispatch_and_combine_give_the_reference_bits_forward_and_backward(top_k
 def test_dispatch_and_combine_under_bf16_autocast_give_the_reference_bits(
     expert_type, num_null_experts, monkeypatch
 ):
-    """Under autocast the experts and the combine's bmm run in bf16 (the ffn expert's fp32 bias makes y fp32
-    first): the hand-written dispatch gradients must equal autograd's over the reference, bit for bit."""
+    """Under autocast the experts run in bf16 with the routing weights folded in (the ffn expert's fp32 bias
+    makes y fp32 first): the hand-written dispatch and combine gradients must equal autograd's over the
+    reference, bit for bit."""
     from audiomoe.adapters import kernels
 
     monkeypatch.setattr(kernels, "_FUSED_FAILED", True)  # eager SwiGLU: no compile in a unit test
     outs, grads = _fast_and_reference_results(2, num_null_experts, expert_type, autocast=True)
-    assert outs[0].dtype == outs[1].dtype == torch.bfloat16
+    assert outs[0].dtype == outs[1].dtype == (torch.bfloat16 if expert_type == "swiglu" else torch.float32)
     assert torch.equal(outs[0], outs[1])
     for fast, reference in zip(grads[0], grads[1], strict=True):
         assert fast.dtype == reference.dtype
         assert torch.equal(fast, reference)
+
+
+@pytest.mark.parametrize("expert_type", ["swiglu", "ffn"])
+def test_the_folded_bf16_combine_equals_the_weighted_sum_within_bf16_rounding(expert_type, monkeypatch):
+    """``w·down(h) = down(w·h)``: folding the routing weights into the experts changes only the rounding,
+    forward and every gradient (the router's included)."""
+    from audiomoe.adapters import kernels
+
+    monkeypatch.setattr(kernels, "_FUSED_FAILED", True)
+    outs, grads = _fast_and_reference_results(2, 0, expert_type, autocast=True, fold=False)
+    torch.testing.assert_close(outs[0].float(), outs[1].float(), rtol=2e-2, atol=2e-2)
+    assert not torch.equal(outs[0], outs[1])  # the folded path did run
+    for folded, weighted in zip(grads[0], grads[1], strict=True):
+        scale = weighted.float().abs().max()
+        torch.testing.assert_close(folded.float() / scale, weighted.float() / scale, rtol=0, atol=3e-2)

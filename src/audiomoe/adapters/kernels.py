@@ -104,13 +104,25 @@ def _silu_mul_eager(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-_FUSED_SILU_MUL: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+def _silu_mul_scale_eager(gate: torch.Tensor, up: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up * scale.unsqueeze(-1).to(gate.dtype)
+
+
+_FUSED: dict[bool, Callable[..., torch.Tensor]] = {}  # scaled or not -> the compiled kernel
 _FUSED_FAILED = os.environ.get("AUDIOMOE_FUSED_SWIGLU", "1") == "0"  # "0": always eager (debugging)
 _FUSED_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """SwiGLU's ``silu(gate) * up`` (same shapes, any leading dims).
+def reduced_precision(x: torch.Tensor) -> bool:
+    """Whether the GEMMs of ``x`` run in bf16/fp16 (its dtype, or the autocast dtype where autocast is on)."""
+    dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+    return dtype in _FUSED_DTYPES
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """SwiGLU's ``silu(gate) * up`` (same shapes, any leading dims), times ``scale`` ``(...,)`` per row when
+    given (the MoE folds its routing weights in here, see :func:`audiomoe.adapters.moe.dispatch_to_experts`;
+    ``scale`` is rounded to ``gate``'s dtype first).
 
     In bf16/fp16 on CPU or CUDA it is one fused kernel compiled by ``torch.compile`` (dynamic shapes: compiled once
     per process, about 10 s on a 2-core CPU, then cached on disk by inductor): eager runs silu, mul and their
@@ -119,21 +131,24 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     it gained 2%, so fp32 stays eager. The fused kernel rounds once (fp32 inside) where eager rounds after silu
     too: results differ from eager by bf16 rounding. Where compiling fails (no C++ compiler, an unsupported
     build) it says so once and stays eager; ``AUDIOMOE_FUSED_SWIGLU=0`` turns it off."""
-    global _FUSED_SILU_MUL, _FUSED_FAILED
+    global _FUSED_FAILED
+    args = (gate, up) if scale is None else (gate, up, scale)
+    eager = _silu_mul_eager if scale is None else _silu_mul_scale_eager
     usable = gate.dtype in _FUSED_DTYPES and gate.device.type in ("cpu", "cuda")
     if not usable or _FUSED_FAILED or torch.compiler.is_compiling():
-        return _silu_mul_eager(gate, up)
-    if _FUSED_SILU_MUL is None:
-        _FUSED_SILU_MUL = torch.compile(_silu_mul_eager, dynamic=True)
+        return eager(*args)
+    scaled = scale is not None
+    if scaled not in _FUSED:
+        _FUSED[scaled] = torch.compile(eager, dynamic=True)
     try:
-        return _FUSED_SILU_MUL(gate, up)
+        return _FUSED[scaled](*args)
     except (
         Exception
     ) as err:  # inductor raises many types (no compiler, codegen, lowering): all mean "stay eager"
         _FUSED_FAILED = True
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         log.warning("fused SwiGLU unavailable, using eager (%s: %s)", type(err).__name__, first)
-        return _silu_mul_eager(gate, up)
+        return eager(*args)
 
 
 def grouped_mm_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
