@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from audiomoe.benchmarks import adapter_speed
-from audiomoe.benchmarks.adapter_speed import Shape, arm_flops, bench_shape, format_table, round_inputs
+from audiomoe.benchmarks.adapter_speed import (
+    ArmResult,
+    Shape,
+    arm_flops,
+    bench_shape,
+    format_table,
+    median_interval,
+    paired_ratio,
+    round_inputs,
+)
 from audiomoe.cli.main import main as cli
 
 TINY = Shape(
@@ -29,8 +38,14 @@ def test_adapter_benchmark_reports_ratios_on_a_tiny_shape():
     for key in ("moe_over_dense", "moe_over_hf_best", "moe_tflops_share_of_dense"):
         assert result[key]["forward"] > 0 and result[key]["forward_backward"] > 0
     assert all(a["tflops"]["forward"] > 0 for a in result["arms"].values())
+    for key in ("moe_over_dense", "moe_over_hf_best"):
+        for mode in ("forward", "forward_backward"):
+            low, high = result[key][f"{mode}_interval"]
+            assert low == high == pytest.approx(result[key][mode])  # one round: its ratio is the median's
     table = format_table({"shapes": {"tiny": result}})
     assert "moe_over_hf_best" in table and "| tiny | moe |" in table
+    ratio = result["moe_over_dense"]["forward"]
+    assert f"| tiny | {ratio:.2f} [{ratio:.2f}, {ratio:.2f}] |" in table
 
 
 def test_non_square_shapes_have_no_transformers_arm():
@@ -76,3 +91,24 @@ def test_cuda_without_a_gpu_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys)
     assert cli(["bench", "adapter", "--device", "cuda", "--shape", "cpu-small"]) == 2
     err = capsys.readouterr().err
     assert "no CUDA GPU is visible" in err and "Traceback" not in err
+
+
+def test_the_median_interval_takes_the_order_statistics_its_coverage_allows():
+    # coverage 1 - 2 P(Binomial(n, 1/2) < k): n = 7 -> k = 1 (98.4%; k = 2 would be 87.5%), n = 11 -> k = 3
+    assert median_interval([7, 1, 3, 5, 2, 6, 4]) == (1, 7, 1 - 2 / 128)
+    low, high, coverage = median_interval(list(range(11)))
+    assert (low, high) == (2, 8) and coverage == pytest.approx(1 - 2 * (1 + 11 + 55) / 2048)
+    assert median_interval([1.5]) == (1.5, 1.5, 0.0)  # one round: no interval worth the name, and it says so
+
+
+def test_paired_ratios_come_from_the_same_rounds():
+    # a slow round slows both arms: its paired ratio stays 2, while the medians' ratio alone would not show it
+    moe = ArmResult(
+        0, 0, forward_all_ms=[2, 20, 2, 2, 2, 2, 2], forward_backward_all_ms=[4, 4, 4, 4, 4, 4, 6]
+    )
+    dense = ArmResult(
+        0, 0, forward_all_ms=[1, 10, 1, 1, 1, 1, 1], forward_backward_all_ms=[2, 2, 2, 2, 2, 2, 2]
+    )
+    ratio = paired_ratio(moe, dense)
+    assert ratio["forward_interval"] == [2, 2] and ratio["forward_backward_interval"] == [2, 3]
+    assert ratio["interval_coverage"] == 1 - 2 / 128

@@ -12,6 +12,7 @@ backend (square shapes only: that block maps H -> H). Achieved TFLOP/s use analy
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -191,6 +192,37 @@ def machine(device: torch.device) -> str:
     return f"{runtime.cpu_model()} ({capability}), {torch.get_num_threads()} thread(s)"
 
 
+def median_interval(values: list[float], confidence: float = 0.9) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of ``values``: its k-th smallest and k-th largest, with the
+    largest k whose coverage ``1 - 2·P(Binomial(n, 1/2) < k)`` is at least ``confidence`` (k = 1 where none is).
+    Returns ``(low, high, coverage)``. Seven rounds give min..max (98.4%), eleven the 3rd..9th (93.5%)."""
+    ordered, n = sorted(values), len(values)
+    below = [math.comb(n, i) / 2**n for i in range(n + 1)]  # P(Binomial(n, 1/2) = i)
+    k = 1
+    while k < n - k and 1 - 2 * sum(below[: k + 1]) >= confidence:
+        k += 1
+    coverage = 1 - 2 * sum(below[:k])
+    return ordered[k - 1], ordered[n - k], coverage
+
+
+def paired_ratio(numerator: ArmResult, denominator: ArmResult, confidence: float = 0.9) -> dict:
+    """Per-round ratios of two arms timed in the same rounds (same input, back to back), with
+    :func:`median_interval` over the rounds: a slow spell of the machine moves both arms of a round, so the
+    spread of the paired ratio is the benchmark's own measure of how far a ratio can be read."""
+    interval = {}
+    for mode in ("forward", "forward_backward"):
+        ratios = [
+            a / b
+            for a, b in zip(
+                getattr(numerator, f"{mode}_all_ms"), getattr(denominator, f"{mode}_all_ms"), strict=True
+            )
+        ]
+        low, high, coverage = median_interval(ratios, confidence)
+        interval[f"{mode}_interval"] = [low, high]
+        interval["interval_coverage"] = coverage
+    return interval
+
+
 def bench_shape(
     shape: Shape,
     repeats: int = 7,
@@ -275,6 +307,7 @@ def bench_shape(
         "moe_over_dense": {
             "forward": results["moe"].forward_ms / results["dense"].forward_ms,
             "forward_backward": results["moe"].forward_backward_ms / results["dense"].forward_backward_ms,
+            **paired_ratio(results["moe"], results["dense"]),
         },
         "moe_tflops_share_of_dense": {
             mode: tflops["moe"][mode] / tflops["dense"][mode] for mode in ("forward", "forward_backward")
@@ -292,11 +325,17 @@ def bench_shape(
     if hf:
         best_f = min(hf, key=lambda n: hf[n].forward_ms)
         best_fb = min(hf, key=lambda n: hf[n].forward_backward_ms)
+        forward_interval = paired_ratio(results["moe"], hf[best_f])
         out["moe_over_hf_best"] = {
             "forward": results["moe"].forward_ms / hf[best_f].forward_ms,
             "forward_backward": results["moe"].forward_backward_ms / hf[best_fb].forward_backward_ms,
             "hf_best_forward": best_f,
             "hf_best_forward_backward": best_fb,
+            "forward_interval": forward_interval["forward_interval"],
+            "forward_backward_interval": paired_ratio(results["moe"], hf[best_fb])[
+                "forward_backward_interval"
+            ],
+            "interval_coverage": forward_interval["interval_coverage"],
         }
     return out
 
@@ -343,6 +382,12 @@ def run_benchmark(
     }
 
 
+def _ratio_cell(ratios: dict, mode: str) -> str:
+    interval = ratios.get(f"{mode}_interval")
+    text = f"{ratios[mode]:.2f}"
+    return f"{text} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else text
+
+
 def format_table(result: dict) -> str:
     lines = [f"machine: {result['machine']}, {result.get('dtype', '')}"] if "machine" in result else []
     lines += [
@@ -356,8 +401,11 @@ def format_table(result: dict) -> str:
                 f"| {name} | {arm} | {a['forward_ms']:.1f} | {a['forward_backward_ms']:.1f} | "
                 f"{t.get('forward', float('nan')):.3f} | {t.get('forward_backward', float('nan')):.3f} |"
             )
+    coverage = next(iter(result["shapes"].values()))["moe_over_dense"].get("interval_coverage")
     lines += [
         "",
+        "ratios of the medians; in brackets the range of the per-round ratio"
+        + (f" ({coverage:.1%} interval for its median)" if coverage is not None else ""),
         "| shape | moe_over_dense fwd | fwd+bwd | moe_over_hf_best fwd | fwd+bwd |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -365,11 +413,14 @@ def format_table(result: dict) -> str:
         d = r["moe_over_dense"]
         h = r.get("moe_over_hf_best")
         hf = (
-            f"{h['forward']:.2f} ({h['hf_best_forward']}) | {h['forward_backward']:.2f} ({h['hf_best_forward_backward']})"
+            f"{_ratio_cell(h, 'forward')} ({h['hf_best_forward']}) | "
+            f"{_ratio_cell(h, 'forward_backward')} ({h['hf_best_forward_backward']})"
             if h
             else "n/a (not square) | n/a"
         )
-        lines.append(f"| {name} | {d['forward']:.2f} | {d['forward_backward']:.2f} | {hf} |")
+        lines.append(
+            f"| {name} | {_ratio_cell(d, 'forward')} | {_ratio_cell(d, 'forward_backward')} | {hf} |"
+        )
     if any("compiled_moe_over_compiled_dense" in r for r in result["shapes"].values()):
         lines += ["", "| shape | compiled moe / compiled dense fwd | fwd+bwd |", "|---|---:|---:|"]
         for name, r in result["shapes"].items():
