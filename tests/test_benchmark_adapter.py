@@ -15,7 +15,7 @@ from audiomoe.benchmarks.adapter_speed import (
     bench_shape,
     format_table,
     median_interval,
-    paired_ratio,
+    ratios_with_intervals,
     round_inputs,
 )
 from audiomoe.cli.main import main as cli
@@ -109,6 +109,13 @@ def test_paired_ratios_come_from_the_same_rounds():
     dense = ArmResult(
         0, 0, forward_all_ms=[1, 10, 1, 1, 1, 1, 1], forward_backward_all_ms=[2, 2, 2, 2, 2, 2, 2]
     )
-    ratio = paired_ratio(moe, dense)
+    moe.forward_ms, moe.forward_backward_ms, dense.forward_ms, dense.forward_backward_ms = (
+        2,
+        4,
+        1,
+        2,
+    )  # medians
+    ratio = ratios_with_intervals(moe, dense, dense)
+    assert ratio["forward"] == 2 and ratio["forward_backward"] == 2
     assert ratio["forward_interval"] == [2, 2] and ratio["forward_backward_interval"] == [2, 3]
     assert ratio["interval_coverage"] == 1 - 2 / 128

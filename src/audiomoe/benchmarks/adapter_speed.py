@@ -205,22 +205,21 @@ def median_interval(values: list[float], confidence: float = 0.9) -> tuple[float
     return ordered[k - 1], ordered[n - k], coverage
 
 
-def paired_ratio(numerator: ArmResult, denominator: ArmResult, confidence: float = 0.9) -> dict:
-    """Per-round ratios of two arms timed in the same rounds (same input, back to back), with
-    :func:`median_interval` over the rounds: a slow spell of the machine moves both arms of a round, so the
-    spread of the paired ratio is the benchmark's own measure of how far a ratio can be read."""
-    interval = {}
-    for mode in ("forward", "forward_backward"):
-        ratios = [
+def ratios_with_intervals(arm: ArmResult, forward_base: ArmResult, backward_base: ArmResult) -> dict:
+    """``arm``'s time over its base's (the ratio of the medians), forward and forward+backward, each with
+    :func:`median_interval` of the per-round ratios: both arms of a round ran on the same input, back to back, so a
+    slow spell of the machine moves both, and the spread of the paired ratio is the benchmark's own measure of
+    how far a ratio can be read."""
+    ratios: dict = {}
+    for mode, base in (("forward", forward_base), ("forward_backward", backward_base)):
+        ratios[mode] = getattr(arm, f"{mode}_ms") / getattr(base, f"{mode}_ms")
+        per_round = [
             a / b
-            for a, b in zip(
-                getattr(numerator, f"{mode}_all_ms"), getattr(denominator, f"{mode}_all_ms"), strict=True
-            )
+            for a, b in zip(getattr(arm, f"{mode}_all_ms"), getattr(base, f"{mode}_all_ms"), strict=True)
         ]
-        low, high, coverage = median_interval(ratios, confidence)
-        interval[f"{mode}_interval"] = [low, high]
-        interval["interval_coverage"] = coverage
-    return interval
+        low, high, ratios["interval_coverage"] = median_interval(per_round)
+        ratios[f"{mode}_interval"] = [low, high]
+    return ratios
 
 
 def bench_shape(
@@ -304,11 +303,7 @@ def bench_shape(
         "dtype": str(dtype).replace("torch.", ""),
         "device": device.type,
         "arms": {n: {**asdict(r), "tflops": tflops[n]} for n, r in results.items()},
-        "moe_over_dense": {
-            "forward": results["moe"].forward_ms / results["dense"].forward_ms,
-            "forward_backward": results["moe"].forward_backward_ms / results["dense"].forward_backward_ms,
-            **paired_ratio(results["moe"], results["dense"]),
-        },
+        "moe_over_dense": ratios_with_intervals(results["moe"], results["dense"], results["dense"]),
         "moe_tflops_share_of_dense": {
             mode: tflops["moe"][mode] / tflops["dense"][mode] for mode in ("forward", "forward_backward")
         },
@@ -325,17 +320,10 @@ def bench_shape(
     if hf:
         best_f = min(hf, key=lambda n: hf[n].forward_ms)
         best_fb = min(hf, key=lambda n: hf[n].forward_backward_ms)
-        forward_interval = paired_ratio(results["moe"], hf[best_f])
         out["moe_over_hf_best"] = {
-            "forward": results["moe"].forward_ms / hf[best_f].forward_ms,
-            "forward_backward": results["moe"].forward_backward_ms / hf[best_fb].forward_backward_ms,
+            **ratios_with_intervals(results["moe"], hf[best_f], hf[best_fb]),
             "hf_best_forward": best_f,
             "hf_best_forward_backward": best_fb,
-            "forward_interval": forward_interval["forward_interval"],
-            "forward_backward_interval": paired_ratio(results["moe"], hf[best_fb])[
-                "forward_backward_interval"
-            ],
-            "interval_coverage": forward_interval["interval_coverage"],
         }
     return out
 
