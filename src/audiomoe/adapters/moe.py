@@ -206,6 +206,23 @@ class GroupedExperts(nn.Module):
         return grouped_linear(hidden, self.down_proj, counts) + down_bias
 
 
+def _token_rows(x: torch.Tensor, order: torch.Tensor, num_rows: int, slots: int) -> torch.Tensor:
+    """x ``(N, D)`` -> ``(R, D)``: the token row of each of the first R expert-sorted slots."""
+    return torch.index_select(x, 0, order[:num_rows] // slots)
+
+
+def _sum_over_slots(rows: torch.Tensor, inverse: torch.Tensor, slots: int) -> torch.Tensor:
+    """rows ``(R, D)`` of the first R expert-sorted slots -> ``(N, D)``: each token's K slot rows summed in slot
+    order (slots past R computed nothing and count as zero rows). The transpose of :func:`_token_rows`."""
+    if rows.shape[0] < inverse.numel():
+        rows = F.pad(rows, (0, 0, 0, inverse.numel() - rows.shape[0]))
+    slot_inverse = inverse.view(-1, slots)
+    out = torch.index_select(rows, 0, slot_inverse[:, 0].contiguous())
+    for slot in range(1, slots):
+        out += torch.index_select(rows, 0, slot_inverse[:, slot].contiguous())
+    return out
+
+
 class _DispatchRows(torch.autograd.Function):
     """rows ``(R, H)`` = x[token of each expert-sorted slot], for the first R sorted slots (the computed ones).
 
@@ -220,18 +237,12 @@ class _DispatchRows(torch.autograd.Function):
     def forward(ctx, x, order, inverse, num_rows, slots):  # noqa: ANN001
         ctx.save_for_backward(inverse)
         ctx.slots = slots
-        return torch.index_select(x, 0, order[:num_rows] // slots)
+        return _token_rows(x, order, num_rows, slots)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
         (inverse,) = ctx.saved_tensors
-        if grad.shape[0] < inverse.numel():  # slots without compute: their gradient is zero
-            grad = F.pad(grad, (0, 0, 0, inverse.numel() - grad.shape[0]))
-        slot_inverse = inverse.view(-1, ctx.slots)
-        grad_x = torch.index_select(grad, 0, slot_inverse[:, 0].contiguous())
-        for slot in range(1, ctx.slots):
-            grad_x += torch.index_select(grad, 0, slot_inverse[:, slot].contiguous())
-        return grad_x, None, None, None, None
+        return _sum_over_slots(grad, inverse, ctx.slots), None, None, None, None
 
 
 class _PermuteRows(torch.autograd.Function):
@@ -257,18 +268,12 @@ class _CombineRows(torch.autograd.Function):
     def forward(ctx, y, order, inverse, slots):  # noqa: ANN001
         ctx.save_for_backward(order)
         ctx.num_rows, ctx.slots = y.shape[0], slots
-        if y.shape[0] < inverse.numel():  # slots without compute: zero rows
-            y = F.pad(y, (0, 0, 0, inverse.numel() - y.shape[0]))
-        slot_inverse = inverse.view(-1, slots)
-        out = torch.index_select(y, 0, slot_inverse[:, 0].contiguous())
-        for slot in range(1, slots):
-            out += torch.index_select(y, 0, slot_inverse[:, slot].contiguous())
-        return out
+        return _sum_over_slots(y, inverse, slots)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
         (order,) = ctx.saved_tensors
-        return torch.index_select(grad.contiguous(), 0, order[: ctx.num_rows] // ctx.slots), None, None, None
+        return _token_rows(grad.contiguous(), order, ctx.num_rows, ctx.slots), None, None, None
 
 
 def _combine(
