@@ -17,7 +17,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Layer rank of each top-level unit under ``audiomoe``; equal ranks are siblings that may not import each other.
-# ``config``, ``runtime``, ``tensors``, ``text``, ``plugins`` and the package ``__init__`` are the bottom helpers.
+# ``config``, ``runtime``, ``tensors``, ``text``, ``plugins``, ``allocator`` and the package ``__init__`` are the
+# bottom helpers.
 LAYERS: dict[str, int] = {
     "__init__": 0,
     "config": 0,
@@ -25,6 +26,7 @@ LAYERS: dict[str, int] = {
     "tensors": 0,
     "text": 0,
     "plugins": 0,
+    "allocator": 0,
     "data": 1,
     "adapters": 2,
     "models": 3,

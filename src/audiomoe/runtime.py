@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from audiomoe import __version__
+from audiomoe.allocator import HUGE_PAGES_ENV, kernel_huge_pages
 from audiomoe.config import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -335,6 +336,7 @@ def machine_info() -> dict[str, Any]:
         "default_precision": resolve_precision("auto", default_device()),
         "threads": choose_threads("auto"),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "huge_pages": {"kernel": kernel_huge_pages(), HUGE_PAGES_ENV: os.environ.get(HUGE_PAGES_ENV)},
         "memory_gib": memory_gib(),
     }
 

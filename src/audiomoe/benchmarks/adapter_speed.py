@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from torch import nn
 from audiomoe import runtime
 from audiomoe.adapters import build_adapter, kernels
 from audiomoe.adapters.moe import MoELayer
+from audiomoe.allocator import HUGE_PAGES_ENV
 
 
 @dataclass
@@ -189,7 +191,10 @@ def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     capability, _ = runtime.cpu_bf16_flags()
-    return f"{runtime.cpu_model()} ({capability}), {torch.get_num_threads()} thread(s)"
+    pages = (
+        "huge pages" if os.environ.get(HUGE_PAGES_ENV) == "1" else "4 KiB pages"
+    )  # the CLI's allocator policy
+    return f"{runtime.cpu_model()} ({capability}), {torch.get_num_threads()} thread(s), {pages}"
 
 
 def median_interval(values: list[float], confidence: float = 0.9) -> tuple[float, float, float]:
@@ -363,6 +368,9 @@ def run_benchmark(
         "device": device,
         "dtype": dtype,
         "threads": torch.get_num_threads(),
+        HUGE_PAGES_ENV: os.environ.get(
+            HUGE_PAGES_ENV
+        ),  # torch's huge-page CPU allocation (audiomoe.allocator)
         "repeats": repeats,
         "shapes": results,
         # what kernel: auto chose for each shape class it met (the moe arm), with the probe's times

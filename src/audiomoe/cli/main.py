@@ -18,6 +18,7 @@ import sys
 import traceback
 
 from audiomoe import __version__
+from audiomoe.allocator import configure_cpu_allocator
 from audiomoe.cli import commands
 from audiomoe.plugins import PluginError, load_plugins
 
@@ -94,6 +95,7 @@ def _global_options(argv: list[str]) -> tuple[str | None, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    configure_cpu_allocator()  # before any tensor exists (torch reads it at its first CPU allocation)
     command, plugins = _global_options(argv)
     try:
         load_plugins(plugins)  # before the parsers: a command may list registry names as choices
