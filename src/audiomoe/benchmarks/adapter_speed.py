@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from torch import nn
 from audiomoe import runtime
 from audiomoe.adapters import build_adapter, kernels
 from audiomoe.adapters.moe import MoELayer
-from audiomoe.allocator import HUGE_PAGES_ENV
+from audiomoe.allocator import huge_pages_on
 
 
 @dataclass
@@ -191,9 +190,7 @@ def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     capability, _ = runtime.cpu_bf16_flags()
-    pages = (
-        "huge pages" if os.environ.get(HUGE_PAGES_ENV) == "1" else "4 KiB pages"
-    )  # the CLI's allocator policy
+    pages = "huge pages" if huge_pages_on() else "4 KiB pages"  # the CLI's allocator policy
     return f"{runtime.cpu_model()} ({capability}), {torch.get_num_threads()} thread(s), {pages}"
 
 
@@ -368,9 +365,7 @@ def run_benchmark(
         "device": device,
         "dtype": dtype,
         "threads": torch.get_num_threads(),
-        HUGE_PAGES_ENV: os.environ.get(
-            HUGE_PAGES_ENV
-        ),  # torch's huge-page CPU allocation (audiomoe.allocator)
+        "huge_pages": huge_pages_on(),  # torch's huge-page CPU allocation (audiomoe.allocator)
         "repeats": repeats,
         "shapes": results,
         # what kernel: auto chose for each shape class it met (the moe arm), with the probe's times
